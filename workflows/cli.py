@@ -1,0 +1,80 @@
+"""The ``breastseg`` console script: one sub-command per user task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "build_parser"]
+
+DATASETS = ("cbis-ddsm", "inbreast", "busi", "udiat")
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a synthetic dataset in a real dataset's on-disk layout")
+    p.add_argument("--layout", required=True, choices=DATASETS)
+    p.add_argument("--out", required=True, help="folder to write (created; must be empty or absent)")
+    p.add_argument("--cases", type=int, default=None, help="number of patients/images (layout default if absent)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--full-size", action="store_true", help="write the real image sizes instead of the reduced default")
+    p.set_defaults(func=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from breastseg.workflows.data.synthetic import generate
+
+    summary = generate(args.layout, args.out, cases=args.cases, seed=args.seed, full_size=args.full_size)
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def _add_datalist(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("datalist", help="index a dataset folder into a MONAI datalist JSON with splits")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--root", required=True, help="the dataset folder as downloaded")
+    p.add_argument("--out", required=True, help="datalist JSON to write")
+    p.add_argument("--folds", type=int, default=0, help="K > 1 adds a 'fold' to every non-test record")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--official-split", action="store_true", help="CBIS-DDSM: keep the official train/test split")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any record is quarantined")
+    p.set_defaults(func=_run_datalist)
+
+
+def _run_datalist(args: argparse.Namespace) -> int:
+    from breastseg.workflows.data.datalist import build_datalist, format_summary, write_datalist
+
+    datalist = build_datalist(
+        args.dataset,
+        args.root,
+        folds=args.folds,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        official_split=args.official_split,
+    )
+    write_datalist(datalist, args.out)
+    print(format_summary(datalist))
+    if args.strict and datalist["quarantine"]:
+        print(f"--strict: {len(datalist['quarantine'])} record(s) quarantined", file=sys.stderr)
+        return 3
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="breastseg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    _add_datalist(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
