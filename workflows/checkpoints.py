@@ -1,0 +1,193 @@
+"""Checkpoints of the shared harness: best model, last epoch, resume.
+
+Two files in ``ckpt_dir``:
+
+- ``model.pt``: the network's ``state_dict`` at the best key validation metric (the model zoo's name;
+  ``ckpt_export`` and inference load it);
+- ``checkpoint_last.pt``: network, optimizer, LR scheduler and trainer state after the last completed
+  epoch, plus the evaluator's best metric, so ``--resume`` continues exactly there.
+
+Both are written atomically (temporary file + rename): a run killed while saving keeps the previous
+good file. Nothing is saved once the loss is not finite (see :class:`NonFiniteLossGuard`), so a failed
+run keeps its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = [
+    "BEST_MODEL_FILE",
+    "LAST_CHECKPOINT_FILE",
+    "atomic_torch_save",
+    "NonFiniteLossGuard",
+    "EpochCheckpointer",
+    "ResumeFromCheckpoint",
+]
+
+BEST_MODEL_FILE = "model.pt"
+LAST_CHECKPOINT_FILE = "checkpoint_last.pt"
+logger = logging.getLogger("breastseg.checkpoints")
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module whose ``state_dict`` keys carry no ``module.`` prefix (DDP / DataParallel)."""
+    return network.module if hasattr(network, "module") else network
+
+
+class NonFiniteLossGuard:
+    """Stop training with a clear error as soon as the loss is NaN or infinite.
+
+    Raised at ``ITERATION_COMPLETED``, before the epoch's checkpoint is written, so the last good
+    checkpoint on disk is kept.
+    """
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output.get("loss") if isinstance(output, dict) else None
+        if loss is None:
+            return
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"training loss is {value} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
+                "stopping. The last good checkpoint is kept (lower the learning rate or check the data)."
+            )
+
+
+class EpochCheckpointer:
+    """Write ``checkpoint_last.pt`` after every trainer epoch and ``model.pt`` when validation improves.
+
+    Args:
+        ckpt_dir: folder of both files.
+        network: the trained network.
+        optimizer: its optimizer.
+        lr_scheduler: the LR scheduler (or ``None``).
+        evaluator: the validation engine whose ``state.best_metric`` decides ``model.pt``; ``None`` saves
+            ``model.pt`` after every epoch (no validation).
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | Path,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any = None,
+        evaluator: Engine | None = None,
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.network = network
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.evaluator = evaluator
+        self._trainer: Engine | None = None
+
+    def attach(self, trainer: Engine) -> None:
+        self._trainer = trainer
+        if not trainer.has_event_handler(self.save_last, Events.EPOCH_COMPLETED):
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, self.save_last)
+        if self.evaluator is not None and not self.evaluator.has_event_handler(self.save_best, Events.EPOCH_COMPLETED):
+            self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_best)
+
+    def state(self, trainer: Engine) -> dict[str, Any]:
+        state = {
+            "network": _unwrap(self.network).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": trainer.state_dict(),
+        }
+        if self.lr_scheduler is not None:
+            state["lr_scheduler"] = self.lr_scheduler.state_dict()
+        if self.evaluator is not None:
+            state["best_metric"] = float(self.evaluator.state.best_metric)
+            state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
+        return state
+
+    def save_last(self, trainer: Engine) -> None:
+        atomic_torch_save(self.state(trainer), self.ckpt_dir / LAST_CHECKPOINT_FILE)
+        if self.evaluator is None:
+            atomic_torch_save(_unwrap(self.network).state_dict(), self.ckpt_dir / BEST_MODEL_FILE)
+
+    def save_best(self, evaluator: Engine) -> None:
+        if evaluator.state.best_metric_epoch == evaluator.state.epoch:
+            atomic_torch_save(_unwrap(self.network).state_dict(), self.ckpt_dir / BEST_MODEL_FILE)
+            logger.info(
+                "saved %s (key metric %.4f at epoch %d)",
+                self.ckpt_dir / BEST_MODEL_FILE,
+                evaluator.state.best_metric,
+                evaluator.state.epoch,
+            )
+
+
+class ResumeFromCheckpoint:
+    """Restore ``checkpoint_last.pt`` when the trainer starts (``--resume``).
+
+    The trainer continues at the epoch after the saved one; a larger ``max_epochs`` given now wins over
+    the saved one. Loading uses ``weights_only=True``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any = None,
+        evaluator: Engine | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.network = network
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.evaluator = evaluator
+        self.map_location = map_location
+
+    def attach(self, trainer: Engine) -> None:
+        if not trainer.has_event_handler(self, Events.STARTED):
+            trainer.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, trainer: Engine) -> None:
+        if not self.checkpoint.is_file():
+            raise FileNotFoundError(
+                f"--resume: no checkpoint at {self.checkpoint}; train once without --resume first"
+            )
+        state = torch.load(self.checkpoint, map_location=self.map_location, weights_only=True)
+        missing = [k for k in ("network", "optimizer", "trainer") if k not in state]
+        if missing:
+            raise KeyError(f"{self.checkpoint} is not a breastseg training checkpoint: missing {missing}")
+        _unwrap(self.network).load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and "lr_scheduler" in state:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        max_epochs = trainer.state.max_epochs
+        trainer.load_state_dict(state["trainer"])
+        trainer.state.max_epochs = max(max_epochs, trainer.state.max_epochs)
+        if self.evaluator is not None and "best_metric" in state:
+            self.evaluator.state.best_metric = state["best_metric"]
+            self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        logger.info("resumed from %s after epoch %d", self.checkpoint, trainer.state.epoch)

@@ -1,0 +1,206 @@
+"""The shared training harness: every bundle's trainer and evaluator are built here.
+
+A bundle only supplies values and components (network, loss, optimizer, LR schedule, chains,
+hyper-parameters) in its ``train.json``; :func:`build_trainer` and :func:`build_evaluator` turn them into
+MONAI :class:`~monai.engines.SupervisedTrainer` / :class:`~monai.engines.SupervisedEvaluator` with the
+project's conventions:
+
+- ``decollate=False`` and no train-time post-transforms or metrics: the trainer only steps (metrics are
+  for validation), which keeps it within a few per cent of a plain PyTorch loop
+  (``benchmarks/harness_overhead.py``);
+- deep-supervision networks return a list of heads in ``train()`` mode; the loss takes the list; the
+  evaluator runs the network in ``eval()`` mode, where it returns the final head only;
+- AMP on CUDA only;
+- a non-finite loss stops the run before the epoch's checkpoint is written;
+- a progress bar on a terminal, plain log lines otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import LrScheduleHandler, StatsHandler, from_engine
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import Compose
+
+from breastseg.workflows.checkpoints import NonFiniteLossGuard
+from breastseg.workflows.tracking import unique_trackers
+
+__all__ = [
+    "build_trainer",
+    "build_evaluator",
+    "build_lr_scheduler",
+    "lr_schedule_handler",
+    "progress_handlers",
+    "seed_everything",
+    "use_amp",
+]
+
+logger = logging.getLogger("breastseg.harness")
+
+LR_SCHEDULES = ("exponential", "plateau", "step", "none")
+
+
+def use_amp(device: str | torch.device) -> bool:
+    """Mixed precision only where it pays and is safe: CUDA devices."""
+    return torch.device(device).type == "cuda"
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch. Only ``deterministic=True`` turns ``cudnn.benchmark`` off.
+
+    MONAI's ``set_determinism`` always disables ``cudnn.benchmark`` (slower convolutions); a seed alone
+    should not cost speed, so it is only called when determinism is asked for.
+    """
+    if deterministic:
+        from monai.utils import set_determinism
+
+        set_determinism(seed=seed)
+        return
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+    """``exponential`` (``gamma`` per epoch), ``plateau`` (on the validation key metric), ``step``
+    (``step_size``, ``gamma``) or ``none``."""
+    if name == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=kwargs.get("gamma", 0.9))
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode=kwargs.get("mode", "max"),
+            factor=kwargs.get("factor", 0.1),
+            patience=kwargs.get("patience", 10),
+            min_lr=kwargs.get("min_lr", 0.0),
+        )
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=kwargs.get("step_size", 30), gamma=kwargs.get("gamma", 0.1))
+    if name == "none":
+        return None
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {name!r}")
+
+
+def lr_schedule_handler(lr_scheduler: Any, evaluator: Any = None, key_metric: str | None = None) -> Any:
+    """The handler stepping ``lr_scheduler`` once per epoch; ``ReduceLROnPlateau`` steps on validation.
+
+    Returns ``None`` for no scheduler. For a plateau schedule the handler must be attached to the
+    evaluator (it reads ``engine.state.metrics[key_metric]``).
+    """
+    if lr_scheduler is None:
+        return None
+    if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if evaluator is None or key_metric is None:
+            raise ValueError("a plateau LR schedule needs the evaluator and its key metric")
+        return LrScheduleHandler(
+            lr_scheduler, print_lr=False, epoch_level=True, step_transform=lambda engine: engine.state.metrics[key_metric]
+        )
+    return LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=True)
+
+
+def _on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class _ProgressBar:
+    """Ignite's tqdm progress bar on a terminal (training loss shown)."""
+
+    def __init__(self) -> None:
+        from ignite.contrib.handlers import ProgressBar
+
+        self.bar = ProgressBar(persist=False)
+
+    def attach(self, engine: Any) -> None:
+        self.bar.attach(engine, output_transform=from_engine(["loss"], first=True))
+
+
+def progress_handlers(role: str, terminal: bool | None = None) -> list[Any]:
+    """Log handlers for ``role`` ("trainer" or "evaluator"): a progress bar on a terminal, lines otherwise.
+
+    Epoch summaries are logged in both cases (they are what remains in a log file).
+    """
+    terminal = _on_terminal() if terminal is None else terminal
+    name = f"breastseg.{role}"
+    if role == "trainer":
+        handlers: list[Any] = [
+            StatsHandler(
+                name=name,
+                tag_name="train_loss",
+                output_transform=from_engine(["loss"], first=True),
+                iteration_log=not terminal,
+                epoch_log=True,
+            )
+        ]
+        if terminal:
+            handlers.append(_ProgressBar())
+        return handlers
+    return [StatsHandler(name=name, iteration_log=False, output_transform=lambda x: None)]
+
+
+def _handler_list(handlers: Sequence[Any] | None) -> list[Any]:
+    return unique_trackers([h for h in (handlers or []) if h is not None])
+
+
+def build_trainer(
+    device: str | torch.device,
+    max_epochs: int,
+    train_data_loader: Any,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_function: Any,
+    train_handlers: Sequence[Any] | None = None,
+    inferer: Inferer | None = None,
+    amp: bool | None = None,
+    epoch_length: int | None = None,
+) -> SupervisedTrainer:
+    """The harness trainer: ``SupervisedTrainer`` without decollation, post-transforms or metrics."""
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
+    handlers = [NonFiniteLossGuard(), *_handler_list(train_handlers)]
+    return SupervisedTrainer(
+        device=torch.device(device),
+        max_epochs=int(max_epochs),
+        train_data_loader=train_data_loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        inferer=inferer or SimpleInferer(),
+        train_handlers=handlers,
+        amp=use_amp(device) if amp is None else amp,
+        decollate=False,
+        epoch_length=epoch_length,
+        optim_set_to_none=True,
+    )
+
+
+def build_evaluator(
+    device: str | torch.device,
+    val_data_loader: Any,
+    network: torch.nn.Module,
+    key_val_metric: dict[str, Any],
+    additional_metrics: dict[str, Any] | None = None,
+    postprocessing: Compose | None = None,
+    val_handlers: Sequence[Any] | None = None,
+    inferer: Inferer | None = None,
+    amp: bool | None = None,
+) -> SupervisedEvaluator:
+    """The harness evaluator: batched post-processing (``decollate=False``) and MONAI metric handlers."""
+    return SupervisedEvaluator(
+        device=torch.device(device),
+        val_data_loader=val_data_loader,
+        network=network,
+        inferer=inferer or SimpleInferer(),
+        postprocessing=postprocessing,
+        key_val_metric=key_val_metric,
+        additional_metrics=additional_metrics,
+        val_handlers=_handler_list(val_handlers),
+        amp=use_amp(device) if amp is None else amp,
+        decollate=False,
+    )

@@ -1,0 +1,151 @@
+"""The MLflow model registry: a trained bundle as one registered model with the alias ``candidate``.
+
+The logged model is an MLflow ``pyfunc`` model whose artifact is the bundle itself (``configs/``,
+``docs/``, ``LICENSE`` and ``models/model.pt``): loading it back rebuilds the network from the bundle's
+own ``inference.json`` (``network_def``) and runs it, so the registry holds what a research team would
+download from the model zoo. Stages are deprecated in MLflow; only aliases are used.
+
+Load a registered model::
+
+    model = mlflow.pyfunc.load_model("models:/unetplusplus_mammo@candidate")
+    probabilities = model.predict(images)  # float32 (N, C, H, W) preprocessed as the bundle's chain
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["BundleModel", "log_bundle_model", "RegisterBestModel", "CANDIDATE_ALIAS"]
+
+logger = logging.getLogger("breastseg.registry")
+CANDIDATE_ALIAS = "candidate"
+_BUNDLE_PARTS = ("configs", "docs", "LICENSE")
+
+
+class BundleModel(mlflow.pyfunc.PythonModel):
+    """A MONAI bundle served through MLflow: ``predict`` returns sigmoid probabilities."""
+
+    def load_context(self, context: Any) -> None:
+        from monai.bundle import ConfigParser
+
+        bundle = Path(context.artifacts["bundle"])
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "inference.json"))
+        parser["bundle_root"] = str(bundle)
+        parser["pretrained_weights"] = None
+        self.network = parser.get_parsed_content("network_def")
+        state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+        self.network.load_state_dict(state)
+        self.network.eval()
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        with torch.no_grad():
+            logits = self.network(images)
+        return torch.sigmoid(logits).numpy()
+
+
+def _stage_bundle(bundle_root: Path, weights: Path, staging: Path) -> Path:
+    target = staging / bundle_root.name
+    for part in _BUNDLE_PARTS:
+        source = bundle_root / part
+        if source.is_dir():
+            shutil.copytree(source, target / part)
+        elif source.is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / part)
+    (target / "models").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(weights, target / "models" / "model.pt")
+    return target
+
+
+def log_bundle_model(
+    run_id: str,
+    bundle_root: str | Path,
+    weights: str | Path,
+    model_name: str,
+    input_shape: tuple[int, ...],
+    tracking_uri: str | None = None,
+    alias: str = CANDIDATE_ALIAS,
+) -> dict[str, Any]:
+    """Log the bundle with ``weights`` as the run's model, register it as ``model_name`` and set ``alias``.
+
+    Returns ``{"model_uri", "version", "alias_uri"}``.
+    """
+    bundle_root, weights = Path(bundle_root), Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"no trained weights at {weights}: nothing to register")
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    example = np.zeros((1, *input_shape), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as staging:
+        staged = _stage_bundle(bundle_root, weights, Path(staging))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=BundleModel(),
+                artifacts={"bundle": str(staged)},
+                input_example=example,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "monai", "mlflow", "breastseg"],
+                registered_model_name=model_name,
+            )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(model_name, alias, version)
+    logger.info("registered %s version %s as models:/%s@%s", model_name, version, model_name, alias)
+    return {"model_uri": info.model_uri, "version": version, "alias_uri": f"models:/{model_name}@{alias}"}
+
+
+class RegisterBestModel:
+    """When training completes, log the best checkpoint as the bundle model and register it.
+
+    Args:
+        tracker: the run's :class:`~breastseg.workflows.tracking.ResilientMLFlowHandler` (its run id).
+        bundle_root: the bundle folder.
+        weights: the best checkpoint (``models/model.pt``).
+        model_name: registered model name (the bundle's name).
+        input_shape: ``(C, H, W)`` of one network input, for the model signature.
+        enabled: ``False`` on non-zero DDP ranks.
+    """
+
+    def __init__(
+        self,
+        tracker: Any,
+        bundle_root: str | Path,
+        weights: str | Path,
+        model_name: str,
+        input_shape: tuple[int, ...],
+        enabled: bool = True,
+    ) -> None:
+        self.tracker = tracker
+        self.bundle_root = bundle_root
+        self.weights = weights
+        self.model_name = model_name
+        self.input_shape = tuple(input_shape)
+        self.enabled = enabled
+        self.result: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled and not engine.has_event_handler(self, Events.COMPLETED):
+            engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        run_id = self.tracker.run_id
+        if run_id is None:
+            logger.warning("no MLflow run is open: the model is not registered")
+            return
+        try:
+            self.result = log_bundle_model(
+                run_id, self.bundle_root, self.weights, self.model_name, self.input_shape, self.tracker.client.tracking_uri
+            )
+        except Exception as err:  # a lost server must not turn a finished training into a failure
+            logger.warning("registering %s failed (%s: %s); the checkpoint is at %s", self.model_name, type(err).__name__, err, self.weights)
