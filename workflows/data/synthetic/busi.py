@@ -1,0 +1,137 @@
+"""Synthetic BUSI in the layout of ``Dataset_BUSI_with_GT`` (Al-Dhabyani et al., 2020).
+
+Written under ``out/Dataset_BUSI_with_GT/{benign,malignant,normal}/``: ``<class> (<n>).png`` plus
+``<class> (<n>)_mask.png`` and ``_mask_1.png`` / ``_mask_2.png`` for extra lesions. The real files' traps
+are planted at fixed case numbers, so tests can expect exact counts:
+
+- images are grey content stored as RGB, except every 7th image of a class which is stored as ``L``;
+- ``benign (4)`` has three lesions (``_mask``, ``_mask_1``, ``_mask_2``); every other benign ``n`` with
+  ``n % 9 == 4`` and ``malignant (3)`` have two;
+- ``malignant (2)_mask.png`` is RGBA (opaque alpha); benign masks with ``n % 5 == 0`` are RGB;
+- normal images have one all-zero ``_mask.png``;
+- the last benign image repeats the pixels of ``benign (2)`` (stored as ``L`` where the source is RGB),
+  with the same masks: one exact duplicate pair;
+- one benign image in three and one malignant in two carry burned-in calipers.
+
+Class proportions follow the real 437/210/133 benign/malignant/normal split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from breastseg.workflows.data.synthetic._us_common import case_rng, frame_size, prepare_output_folder
+from breastseg.workflows.data.synthetic.ultrasound import render_ultrasound, sample_lesion_styles
+
+__all__ = ["DEFAULT_CASES", "MIN_CASES", "FOLDER", "class_counts", "lesions_per_image", "generate"]
+
+DEFAULT_CASES = 60
+MIN_CASES = 6
+FOLDER = "Dataset_BUSI_with_GT"
+_CLASS_KEYS = {"benign": 0, "malignant": 1, "normal": 2}
+_REAL_COUNTS = {"benign": 437, "malignant": 210, "normal": 133}
+_DUPLICATE_SOURCE = 2  # benign (2) is repeated as the last benign image
+
+
+def class_counts(cases: int) -> dict[str, int]:
+    """Images per class for ``cases`` images in the real proportions (at least one normal and malignant)."""
+    if cases < MIN_CASES:
+        raise ValueError(f"BUSI layout needs at least {MIN_CASES} images to plant its traps, got {cases}")
+    total = sum(_REAL_COUNTS.values())
+    normal = max(1, round(cases * _REAL_COUNTS["normal"] / total))
+    malignant = max(1, round(cases * _REAL_COUNTS["malignant"] / total))
+    return {"benign": cases - normal - malignant, "malignant": malignant, "normal": normal}
+
+
+def lesions_per_image(pathology: str, number: int) -> int:
+    """Lesion (mask file) count of ``<pathology> (<number>)``; 0 for normal images."""
+    if pathology == "normal":
+        return 0
+    if pathology == "benign" and number == 4:
+        return 3
+    if (pathology == "benign" and number % 9 == 4) or (pathology == "malignant" and number == 3):
+        return 2
+    return 1
+
+
+def _mask_mode(pathology: str, number: int) -> str:
+    if pathology == "malignant" and number == 2:
+        return "RGBA"
+    if pathology == "benign" and number % 5 == 0:
+        return "RGB"
+    return "L"
+
+
+def _save_grey(pixels: np.ndarray, path: Path, mode: str) -> None:
+    image = Image.fromarray(pixels, mode="L")
+    (image.convert(mode) if mode != "L" else image).save(path)
+
+
+def _mask_names(stem: str, count: int) -> list[str]:
+    return [f"{stem}_mask.png"] + [f"{stem}_mask_{extra}.png" for extra in range(1, count)]
+
+
+def generate(out: Path, cases: int | None = None, seed: int = 0, full_size: bool = False) -> dict[str, Any]:
+    """Write a synthetic BUSI into ``out/Dataset_BUSI_with_GT`` and return a summary of what was planted.
+
+    Args:
+        out: folder to create (must be empty or absent).
+        cases: number of image files, duplicate included (default :data:`DEFAULT_CASES`).
+        seed: fixes every pixel.
+        full_size: real-like sizes around 500x450 instead of the halved default.
+    """
+    counts = class_counts(DEFAULT_CASES if cases is None else cases)
+    root = prepare_output_folder(Path(out)) / FOLDER
+    summary: dict[str, Any] = {"layout": "busi", "root": str(root), "images": sum(counts.values()), **counts}
+    lesions = mask_files = rgb_masks = rgb_images = calipers = 0
+    extra_masks: list[str] = []
+    rgba_masks: list[str] = []
+    frames: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+    for pathology, count in counts.items():
+        folder = root / pathology
+        folder.mkdir(parents=True)
+        for number in range(1, count + 1):
+            stem = f"{pathology} ({number})"
+            rng = case_rng(seed, _CLASS_KEYS[pathology], number)
+            image_mode = "L" if number % 7 == 0 else "RGB"
+            if pathology == "benign" and number == count:
+                # same pixels as benign (2), stored in the other colour mode: identical once decoded to grey
+                pixels, masks = frames[_DUPLICATE_SOURCE]
+                image_mode = "L"
+                summary["duplicate_pair"] = f"{stem}.png repeats benign ({_DUPLICATE_SOURCE}).png"
+            else:
+                height, width = frame_size(rng, (500, 450), (60, 50), (300, 250), (720, 620), full_size)
+                styles = [] if pathology == "normal" else sample_lesion_styles(
+                    rng, pathology, lesions_per_image(pathology, number)
+                )
+                with_calipers = (pathology == "benign" and number % 3 == 1) or (pathology == "malignant" and number % 2 == 1)
+                frame = render_ultrasound(rng, height, width, styles, calipers=with_calipers)
+                calipers += bool(with_calipers and styles)
+                pixels = frame.image
+                masks = frame.lesion_masks or [np.zeros_like(frame.image, dtype=bool)]
+                if pathology == "benign" and number == _DUPLICATE_SOURCE:
+                    frames[number] = (pixels, masks)
+            _save_grey(pixels, folder / f"{stem}.png", image_mode)
+            rgb_images += image_mode == "RGB"
+            mask_mode = _mask_mode(pathology, number)
+            for index, (name, mask) in enumerate(zip(_mask_names(stem, len(masks)), masks)):
+                _save_grey(mask.astype(np.uint8) * 255, folder / name, mask_mode)
+                mask_files += 1
+                lesions += pathology != "normal"
+                extra_masks += [name] if index else []
+                rgba_masks += [name] if mask_mode == "RGBA" else []
+                rgb_masks += mask_mode == "RGB"
+    summary.update(
+        lesions=lesions,
+        mask_files=mask_files,
+        extra_lesion_masks=", ".join(extra_masks),
+        rgba_masks=", ".join(rgba_masks),
+        rgb_masks=rgb_masks,
+        grey_images_stored_rgb=rgb_images,
+        images_with_calipers=calipers,
+    )
+    return summary
