@@ -1,0 +1,98 @@
+"""Synthetic UDIAT Dataset B (Yap et al., 2018) in its distributed layout.
+
+Written under ``out/Dataset_B/``: ``original/NNNNNN.png`` (grey), ``GT/NNNNNN.png`` (one lesion each) and
+``DatasetB.xlsx`` (first sheet, header row ``Image``/``Type``/diagnosis, written with openpyxl). Traps at
+fixed image numbers, so tests can expect exact counts:
+
+- GT of images with ``n % 4 == 0`` has anti-aliased margins (values other than 0 and 255);
+- the sheet's headers carry stray spaces and an unnamed fourth column holds a free-text note;
+- ``Image`` is an integer cell (``1``), not the zero-padded file stem.
+
+Benign/malignant proportions follow the real 110/53 split; sizes follow the real median 501x400.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from openpyxl import Workbook
+from PIL import Image
+from scipy import ndimage
+
+from breastseg.workflows.data.synthetic._us_common import case_rng, frame_size, prepare_output_folder
+from breastseg.workflows.data.synthetic.ultrasound import render_ultrasound, sample_lesion_styles
+
+__all__ = ["DEFAULT_CASES", "MIN_CASES", "FOLDER", "XLSX_NAME", "pathology_of", "generate"]
+
+DEFAULT_CASES = 40
+MIN_CASES = 3
+FOLDER = "Dataset_B"
+XLSX_NAME = "DatasetB.xlsx"
+_REAL_BENIGN_FRACTION = 110 / 163
+_DIAGNOSES = {
+    "benign": ("CYST", "FIBROADENOMA", "FAT NECROSIS", "PAPILLOMA", "FIBROSIS"),
+    "malignant": ("IDC", "DCIS", "ILC", "MUCINOUS CARCINOMA"),
+}
+
+
+def pathology_of(number: int, cases: int) -> str:
+    """``benign`` or ``malignant`` for image ``number`` of ``cases``: malignant images are spread evenly."""
+    malignant = max(1, round(cases * (1 - _REAL_BENIGN_FRACTION)))
+    return "malignant" if (number * malignant) // cases != ((number - 1) * malignant) // cases else "benign"
+
+
+def _write_sheet(path: Path, rows: list[tuple[int, str, str]]) -> None:
+    book = Workbook()
+    sheet = book.active
+    sheet.title = "Sheet1"
+    sheet.append([" Image", "Type ", " Diagnosis", None])
+    for index, row in enumerate(rows):
+        sheet.append([*row, "re-measured" if index == 0 else None])
+    book.save(path)
+
+
+def generate(out: Path, cases: int | None = None, seed: int = 0, full_size: bool = False) -> dict[str, Any]:
+    """Write a synthetic UDIAT Dataset B into ``out/Dataset_B`` and return a summary.
+
+    Args:
+        out: folder to create (must be empty or absent).
+        cases: number of images (default :data:`DEFAULT_CASES`).
+        seed: fixes every pixel and label.
+        full_size: real-like sizes (median 501x400) instead of the halved default.
+    """
+    cases = DEFAULT_CASES if cases is None else cases
+    if cases < MIN_CASES:
+        raise ValueError(f"UDIAT layout needs at least {MIN_CASES} images, got {cases}")
+    root = prepare_output_folder(Path(out)) / FOLDER
+    (root / "original").mkdir(parents=True)
+    (root / "GT").mkdir()
+    rows: list[tuple[int, str, str]] = []
+    soft_masks = 0
+    for number in range(1, cases + 1):
+        rng = case_rng(seed, 3, number)
+        pathology = pathology_of(number, cases)
+        height, width = frame_size(rng, (501, 400), (90, 80), (344, 233), (753, 617), full_size)
+        frame = render_ultrasound(rng, height, width, sample_lesion_styles(rng, pathology, 1), annotations=False)
+        mask = frame.lesion_masks[0].astype(np.float64) * 255
+        if number % 4 == 0:
+            # anti-aliased margins, as in GTs that loaders re-threshold at 127
+            mask = ndimage.gaussian_filter(mask, 0.8)
+            soft_masks += 1
+        stem = f"{number:06d}"
+        Image.fromarray(frame.image, mode="L").save(root / "original" / f"{stem}.png")
+        Image.fromarray(np.round(mask).astype(np.uint8), mode="L").save(root / "GT" / f"{stem}.png")
+        rows.append((number, pathology.capitalize(), str(rng.choice(_DIAGNOSES[pathology]))))
+    _write_sheet(root / XLSX_NAME, rows)
+    malignant = sum(row[1] == "Malignant" for row in rows)
+    return {
+        "layout": "udiat",
+        "root": str(root),
+        "images": cases,
+        "benign": cases - malignant,
+        "malignant": malignant,
+        "lesions": cases,
+        "gt_with_grey_margins": soft_masks,
+        "xlsx": str(root / XLSX_NAME),
+    }
