@@ -172,8 +172,8 @@ def assign_folds(
     seed: int,
     group_key: str = "patient_id",
     stratify_key: str | None = "pathology",
-) -> list[dict[str, Any]]:
-    """Copies of ``records`` with ``"fold": 0..folds-1``; a group's records share one fold.
+) -> dict[str, int]:
+    """Fold ``0..folds-1`` of every group, each group to the fold with the fewest images so far.
 
     Raises:
         ValueError: ``folds < 2`` or fewer groups than folds.
@@ -184,12 +184,11 @@ def assign_folds(
     if len(groups) < folds:
         raise ValueError(f"cannot make {folds} folds from {len(groups)} group(s)")
     sizes = [0] * folds
-    assigned: list[dict[str, Any]] = []
+    fold_of: dict[str, int] = {}
     for name in _interleaved_order(groups, np.random.default_rng([seed, 1]), stratify_key):
-        fold = int(np.argmin(sizes))
-        sizes[fold] += len(groups[name])
-        assigned += [{**record, "fold": fold} for record in groups[name]]
-    return assigned
+        fold_of[name] = int(np.argmin(sizes))
+        sizes[fold_of[name]] += len(groups[name])
+    return fold_of
 
 
 def official_split(
