@@ -1,0 +1,27 @@
+"""Readers: DICOM (pydicom or ITK, one convention), PNG, and lesion masks from datalist records."""
+
+from .array import PIL_SUFFIXES, LoadBreastImage, LoadLesionMask, to_metatensor
+from .dicom import DECODER_PACKAGES, DicomImage, MissingDecoderError, dicom_spacing, read_dicom, read_dicom_header, read_dicom_itk
+from .dictionary import LoadBreastImaged, LoadLesionMaskd
+from .masks import LABEL_FORMATS, load_lesion_mask
+from .png import read_png, read_png_mask
+
+__all__ = [
+    "DECODER_PACKAGES",
+    "DicomImage",
+    "LABEL_FORMATS",
+    "LoadBreastImage",
+    "LoadBreastImaged",
+    "LoadLesionMask",
+    "LoadLesionMaskd",
+    "MissingDecoderError",
+    "PIL_SUFFIXES",
+    "dicom_spacing",
+    "load_lesion_mask",
+    "read_dicom",
+    "read_dicom_header",
+    "read_dicom_itk",
+    "read_png",
+    "read_png_mask",
+    "to_metatensor",
+]

@@ -1,0 +1,70 @@
+"""PNG reading for ultrasound images and PNG lesion masks (BUSI, UDIAT, converted CBIS-DDSM).
+
+Arrays are row-major ``(rows, cols)`` like PIL. Grey content stored as RGB/RGBA is reduced to one
+channel with ITU-R 601 luma (identical to any one channel when R = G = B).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["read_png", "read_png_mask"]
+
+
+def _open(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"PNG file not found: {path}")
+    try:
+        with Image.open(path) as img:  # read-only
+            img.load()
+            return img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable PNG image ({type(err).__name__}: {err})") from err
+
+
+def _to_grey(img, path: str) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return np.asarray(img, dtype=np.float32)
+    if mode in ("L", "1", "P", "RGB"):
+        return np.asarray(img.convert("L"), dtype=np.float32)
+    if mode in ("LA", "RGBA", "PA"):
+        return np.asarray(img.convert("RGBA").convert("RGB").convert("L"), dtype=np.float32)
+    raise ValueError(f"{path}: unsupported PNG mode {mode!r}")
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG image as float32 ``(rows, cols)``; colour channels collapse to grey, alpha is ignored.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable/corrupt file or an unsupported mode (the message names the file).
+    """
+    path = os.fspath(path)
+    return _to_grey(_open(path), path)
+
+
+def read_png_mask(path: str | os.PathLike, threshold: float = 127) -> np.ndarray:
+    """Read a PNG lesion mask as bool ``(rows, cols)``: one channel, then ``value > threshold``.
+
+    An alpha channel is dropped when it is entirely opaque or entirely transparent (how the BUSI RGBA
+    masks are stored); an alpha that varies would make "lesion" ambiguous, so it is an error.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable file, or a partly transparent mask (the message names the file).
+    """
+    path = os.fspath(path)
+    img = _open(path)
+    if img.mode in ("LA", "RGBA", "PA"):
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.min() != alpha.max() or alpha.min() not in (0, 255):
+            raise ValueError(
+                f"{path}: mask alpha channel is neither all opaque nor all transparent; cannot tell lesion pixels"
+            )
+        img = img.convert("RGBA").convert("RGB") if img.mode != "LA" else img.convert("L")
+    return _to_grey(img, path) > threshold
