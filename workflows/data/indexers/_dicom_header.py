@@ -1,0 +1,93 @@
+"""Header-only DICOM reading for the mammography indexers (pixel data are never decoded here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+__all__ = ["DicomHeader", "read_header", "read_mask_pixels"]
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """The header values the indexers use (no patient identifiers are kept)."""
+
+    path: Path
+    rows: int
+    columns: int
+    study_uid: str | None
+    series_uid: str | None
+    instance_number: int | None
+    spacing: list[float] | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.columns
+
+
+def _spacing(ds: pydicom.Dataset) -> list[float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            spacing = [float(item) for item in value]
+            if all(item > 0 for item in spacing):
+                return spacing
+    return None
+
+
+def read_header(path: Path) -> DicomHeader:
+    """Read one file's header and check that its pixel data are all there.
+
+    Spacing is ``PixelSpacing``, else ``ImagerPixelSpacing``, else ``None``.
+
+    Raises:
+        ValueError: the file is not DICOM, has no Rows/Columns or pixel data, or is truncated
+            (the message names the file).
+    """
+    try:
+        # large values (pixel data) are deferred: their length and offset are read, their bytes are not
+        ds = pydicom.dcmread(path, defer_size=4096)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: unreadable DICOM ({error})") from error
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ValueError(f"{path}: DICOM header has no Rows/Columns")
+    element = ds.get_item("PixelData")
+    if element is None:
+        raise ValueError(f"{path}: DICOM file has no pixel data")
+    length = getattr(element, "length", None)
+    offset = getattr(element, "value_tell", None)
+    if length is not None and offset is not None and length != _UNDEFINED_LENGTH:
+        size = path.stat().st_size
+        if offset + length > size:
+            raise ValueError(f"{path}: pixel data truncated ({size - offset} of {length} bytes present)")
+    instance = ds.get("InstanceNumber")
+    return DicomHeader(
+        path=path,
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        study_uid=str(ds.StudyInstanceUID) if "StudyInstanceUID" in ds else None,
+        series_uid=str(ds.SeriesInstanceUID) if "SeriesInstanceUID" in ds else None,
+        instance_number=int(instance) if instance not in (None, "") else None,
+        spacing=_spacing(ds),
+    )
+
+
+def read_mask_pixels(path: Path) -> np.ndarray:
+    """Decode a mask file's pixels as a 2-D array.
+
+    Raises:
+        ValueError: the pixels cannot be decoded or are not a single 2-D frame (the message names the file).
+    """
+    try:
+        pixels = pydicom.dcmread(path).pixel_array
+    except Exception as error:  # pydicom raises many types for undecodable pixel data
+        raise ValueError(f"{path}: cannot decode pixel data ({type(error).__name__}: {error})") from error
+    if pixels.ndim != 2:
+        raise ValueError(f"{path}: expected one 2-D frame, got pixel array of shape {pixels.shape}")
+    return pixels
