@@ -63,11 +63,50 @@ def _run_datalist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: train, evaluate and register a bundle on synthetic data")
+    p.add_argument("--bundle", default="unetplusplus_mammo")
+    p.add_argument("--dataset", default="cbis-ddsm", choices=DATASETS)
+    p.add_argument("--max-epochs", type=int, default=None, help="override the demo's short schedule")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from breastseg.workflows.demo import run_demo
+
+    return run_demo(args.bundle, max_epochs=args.max_epochs, dataset=args.dataset)
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cv", help="K-fold cross-validation of a bundle: train and evaluate every fold, report mean ± sd")
+    p.add_argument("--bundle", default="unetplusplus_mammo")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--dataset", default="cbis-ddsm", choices=DATASETS)
+    p.add_argument("--dataset-dir", default=None, help="real dataset folder (default: the synthetic copy)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override, repeatable")
+    p.set_defaults(func=_run_cv)
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    from breastseg.workflows.crossval import run_cross_validation
+
+    overrides = {}
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--override expects KEY=VALUE, got {item!r}")
+        overrides[key] = value
+    run_cross_validation(args.bundle, args.folds, args.dataset, args.dataset_dir, overrides)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="breastseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_datalist(sub)
+    _add_demo(sub)
+    _add_cv(sub)
     return parser
 
 

@@ -36,6 +36,8 @@ __all__ = [
     "build_trainer",
     "build_evaluator",
     "build_lr_scheduler",
+    "EarlyStopping",
+    "AttachToEvaluator",
     "lr_schedule_handler",
     "progress_handlers",
     "seed_everything",
@@ -89,19 +91,20 @@ def build_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, **kwargs: An
 
 
 def lr_schedule_handler(lr_scheduler: Any, evaluator: Any = None, key_metric: str | None = None) -> Any:
-    """The handler stepping ``lr_scheduler`` once per epoch; ``ReduceLROnPlateau`` steps on validation.
+    """The trainer-list handler stepping ``lr_scheduler`` once per epoch (``None`` for no scheduler).
 
-    Returns ``None`` for no scheduler. For a plateau schedule the handler must be attached to the
-    evaluator (it reads ``engine.state.metrics[key_metric]``).
+    ``ReduceLROnPlateau`` steps on the validation key metric, so its handler is attached to the
+    evaluator (through :class:`AttachToEvaluator`).
     """
     if lr_scheduler is None:
         return None
     if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         if evaluator is None or key_metric is None:
             raise ValueError("a plateau LR schedule needs the evaluator and its key metric")
-        return LrScheduleHandler(
+        handler = LrScheduleHandler(
             lr_scheduler, print_lr=False, epoch_level=True, step_transform=lambda engine: engine.state.metrics[key_metric]
         )
+        return AttachToEvaluator(handler, evaluator)
     return LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=True)
 
 
@@ -145,7 +148,56 @@ def progress_handlers(role: str, terminal: bool | None = None) -> list[Any]:
 
 
 def _handler_list(handlers: Sequence[Any] | None) -> list[Any]:
-    return unique_trackers([h for h in (handlers or []) if h is not None])
+    """Flatten nested handler lists (helpers return several), drop ``None`` and repeated trackers."""
+    flat: list[Any] = []
+    for handler in handlers or []:
+        if isinstance(handler, (list, tuple)):
+            flat.extend(_handler_list(handler))
+        elif handler is not None:
+            flat.append(handler)
+    return unique_trackers(flat)
+
+
+class EarlyStopping:
+    """Stop the trainer when the evaluator's key metric has not improved for ``patience`` validations.
+
+    Listed among the *trainer's* handlers (it needs the trainer to stop) and attaches MONAI's
+    :class:`~monai.handlers.EarlyStopHandler` to the evaluator, so the config has no
+    trainer <-> evaluator reference cycle. ``patience`` 0 disables it.
+    """
+
+    def __init__(self, patience: int, evaluator: Any, key_metric: str, min_delta: float = 0.0) -> None:
+        if patience < 0:
+            raise ValueError(f"early-stopping patience must be >= 0, got {patience}")
+        self.patience = patience
+        self.evaluator = evaluator
+        self.key_metric = key_metric
+        self.min_delta = min_delta
+
+    def attach(self, trainer: Any) -> None:
+        if self.patience == 0:
+            return
+        from monai.handlers import EarlyStopHandler
+
+        EarlyStopHandler(
+            patience=self.patience,
+            score_function=lambda engine: engine.state.metrics[self.key_metric],
+            trainer=trainer,
+            min_delta=self.min_delta,
+            epoch_level=True,
+        ).attach(self.evaluator)
+
+
+class AttachToEvaluator:
+    """Attach ``handler`` to ``evaluator`` from the trainer's handler list (e.g. a plateau LR schedule)."""
+
+    def __init__(self, handler: Any, evaluator: Any) -> None:
+        self.handler = handler
+        self.evaluator = evaluator
+
+    def attach(self, trainer: Any) -> None:
+        if self.handler is not None:
+            self.handler.attach(self.evaluator)
 
 
 def build_trainer(

@@ -34,6 +34,7 @@ __all__ = [
     "loggable_params",
     "ResilientMLFlowHandler",
     "unique_trackers",
+    "tracker",
 ]
 
 logger = logging.getLogger("breastseg.tracking")
@@ -182,3 +183,53 @@ def unique_trackers(handlers: Iterable[Any]) -> list[Any]:
             seen.add(key)
         kept.append(handler)
     return kept
+
+
+def _every(n: int):
+    return lambda engine, event: event % n == 0
+
+
+def tracker(
+    role: str,
+    tracking_uri: str,
+    experiment_name: str,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    artifacts: Any = None,
+    enabled: bool = True,
+    iteration_log_every: int = 10,
+) -> ResilientMLFlowHandler | None:
+    """The MLflow handler of ``role``: ``"trainer"`` (loss every ``iteration_log_every`` iterations, LR,
+    epoch metrics; closes the run when training completes), ``"validator"`` (validation metrics per
+    epoch, same run) or ``"evaluator"`` (a run of its own, closed when evaluation completes).
+
+    ``enabled=False`` (non-zero DDP ranks) returns ``None``.
+    """
+    if not enabled:
+        return None
+    if role not in ("trainer", "validator", "evaluator"):
+        raise ValueError(f"tracker role must be trainer, validator or evaluator, got {role!r}")
+    from monai.handlers import from_engine
+
+    common = dict(
+        tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=run_name, params=params, tags=tags
+    )
+    if role == "trainer":
+        return ResilientMLFlowHandler(
+            iteration_log=_every(iteration_log_every),
+            epoch_log=True,
+            tag_name="train_loss",
+            output_transform=from_engine(["loss"], first=True),
+            artifacts=artifacts,
+            close_on_complete=True,
+            **common,
+        )
+    return ResilientMLFlowHandler(
+        iteration_log=False,
+        epoch_log=True,
+        output_transform=lambda output: None,
+        artifacts=artifacts,
+        close_on_complete=role == "evaluator",
+        **common,
+    )

@@ -1,0 +1,56 @@
+"""K-fold cross-validation of a bundle as one command (``breastseg cv``).
+
+Every fold is trained and evaluated through the real ``monai.bundle`` CLI with the same datalist
+(``--folds K --fold k``: the folds are grouped by patient and fixed by the seed); each fold's
+checkpoints go to ``models/fold_<k>``. The held-out fold is the evaluation split. The mean ± sd over
+folds is printed and written to ``runs/<dataset>/crossval_<K>fold.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from breastseg.workflows.demo import bundle_command, latest_summary, run_step
+from breastseg.workflows.tracking import PROJECT_ROOT
+
+__all__ = ["run_cross_validation"]
+
+
+def run_cross_validation(
+    bundle: str, folds: int, dataset: str, dataset_dir: str | None = None, overrides: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Train and evaluate ``folds`` folds of ``bundle``; return the mean ± sd summary."""
+    from breastseg.workflows.reports import mean_sd_over_folds
+
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    bundle_root = PROJECT_ROOT / "bundles" / bundle
+    configs = bundle_root / "configs"
+    if not configs.is_dir():
+        raise FileNotFoundError(f"no bundle {bundle!r} in {PROJECT_ROOT / 'bundles'}")
+    base = dict(overrides or {}, dataset=dataset, folds=str(folds))
+    if dataset_dir:
+        base["dataset_dir"] = str(Path(dataset_dir).resolve())
+    summaries = []
+    for fold in range(folds):
+        fold_overrides = dict(base, fold=str(fold), ckpt_dir=str(bundle_root / "models" / f"fold_{fold}"))
+        run_step(bundle_command("training", [configs / "train.json"], fold_overrides), PROJECT_ROOT)
+        eval_overrides = {k: v for k, v in fold_overrides.items() if k != "max_epochs"}
+        eval_overrides["eval_split"] = "validation"
+        run_step(bundle_command("evaluating", [configs / "train.json", configs / "evaluate.json"], eval_overrides), PROJECT_ROOT)
+        summary_file = latest_summary(bundle_root, dataset)
+        if summary_file is None:
+            raise RuntimeError(f"fold {fold}: evaluation wrote no summary")
+        summaries.append(json.loads(summary_file.read_text()))
+    result = mean_sd_over_folds(summaries)
+    out = bundle_root / "runs" / dataset / f"crossval_{folds}fold.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=4))
+    print(f"\n=== {folds}-fold cross-validation of {bundle} on {dataset} ===")
+    for name, stats in result.items():
+        if isinstance(stats, dict) and "mean" in stats:
+            print(f"  {name:<12} {stats['mean']:.4f} ± {stats.get('sd', float('nan')):.4f}")
+    print(f"written to {out}")
+    return result
