@@ -232,6 +232,7 @@ def render_mammogram(
     masses: tuple[str, ...] = (),
     calcification_clusters: int = 0,
     film: bool = False,
+    mass_at_chest_wall: bool = False,
 ) -> Mammogram:
     """Render one mammogram.
 
@@ -244,6 +245,8 @@ def render_mammogram(
         masses: one :data:`MASS_STYLES` key per mass to draw.
         calcification_clusters: number of calcification clusters.
         film: add the digitised-film artefacts of CBIS-DDSM.
+        mass_at_chest_wall: centre the first mass next to the chest-wall edge, so that part of its
+            outline lies outside the image (as annotations that run past the image in INbreast).
 
     Raises:
         ValueError: for an unknown view, density or mass style, or an image under 32 pixels a side.
@@ -266,9 +269,13 @@ def render_mammogram(
     depth = cv2.distanceTransform(allowed.astype(np.uint8), cv2.DIST_L2, 3)
     taken: list[tuple[float, float, float]] = []
     lesions = []
-    for style in masses:
+    for number, style in enumerate(masses):
         radius = rows * rng.uniform(0.018, 0.06)
-        centre = _place(rng, allowed, depth, radius, taken)
+        if number == 0 and mass_at_chest_wall:  # partly imaged: its outline runs past the image edge
+            band = np.argwhere(allowed[:, 1])
+            centre = (float(band[rng.integers(len(band))][0]), 0.4 * radius)
+        else:
+            centre = _place(rng, allowed, depth, radius, taken)
         taken.append((*centre, radius * 1.6))
         outline = _mass_outline(rng, style, centre, radius)
         _add_mass(image, rng, style, outline, radius)
