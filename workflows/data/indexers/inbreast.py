@@ -1,0 +1,234 @@
+"""INbreast indexer: ``AllDICOMs/`` + ``AllXML/`` + ``INbreast.csv`` -> one record per image.
+
+Rules (``/work/shared/notes/datasets.md`` section 2):
+
+* Images are ``AllDICOMs/<FileName>_<16-hex case token>_MG_<L|R>_<CC|ML>_ANON.dcm``; the case token is
+  ``patient_id`` (the table's patient column is ``removed``), ``FileName`` is ``case_id``.
+* ``INbreast.csv`` (``;``, CRLF or LF) gives laterality, view (``MLO`` where the file name says ``ML``),
+  ACR (a blank or space-only cell is missing) and BI-RADS (a string: ``4a``...). ``INbreast.xls`` is
+  never opened: its second sheet holds patient data.
+* ``<FileName>.xml`` anywhere under the release, except folders whose name contains "pectoral", is
+  the image's annotation; an image without XML is normal (``label`` None, flag ``normal``).
+* Image size comes from the DICOM header (two plate sizes exist), never from a constant.
+
+Bad input and what happens to it:
+
+* quarantined (the record is unusable): unreadable or truncated DICOM, a file name not in the release
+  pattern, an unreadable XML or one whose ``NumberOfPoints`` is wrong, a selected ROI that covers no
+  pixel of the image, an XML or table row without its DICOM, two DICOMs with one ``FileName``;
+* flagged (the record stays usable, a warning names the file): ``xml-points-outside-image`` (points
+  are clipped, as in every public parser), ``unknown-roi-name`` (those ROIs are not drawn),
+  ``not-in-table``, ``table-name-mismatch`` (table and file name disagree on side or view; the table wins).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from breastseg.transforms.io.inbreast_xml import (
+    ROI_KINDS,
+    points_outside,
+    rasterize_inbreast_rois,
+    read_inbreast_rois,
+)
+from breastseg.workflows.data.indexers._dicom_header import DicomHeader, read_header
+from breastseg.workflows.data.records import IndexResult, parse_missing
+
+__all__ = ["DICOM_NAME", "TABLE_NAME", "index"]
+
+logger = logging.getLogger(__name__)
+
+#: ``<FileName>_<case token>_MG_<side>_<view>_ANON.dcm``
+DICOM_NAME = re.compile(r"^(?P<file>\d{8})_(?P<token>[0-9a-fA-F]{16})_MG_(?P<side>[LR])_(?P<view>CC|ML|MLO|FB)_ANON\.dcm$")
+TABLE_NAME = "INbreast.csv"
+_TABLE_COLUMNS = ("laterality", "view", "acquisition date", "file name", "acr", "bi-rads")
+_BIRADS = re.compile(r"^[0-6][abc]?$")
+
+
+def _find_release(root: Path) -> Path:
+    if (root / "AllDICOMs").is_dir():
+        return root
+    found = sorted(path.parent for path in root.rglob("AllDICOMs") if path.is_dir())
+    if len(found) != 1:
+        detail = "none" if not found else ", ".join(str(path) for path in found)
+        raise FileNotFoundError(f"expected one INbreast release folder holding AllDICOMs/ under {root}, found {detail}")
+    return found[0]
+
+
+def _read_table(path: Path) -> dict[str, dict[str, str | None]]:
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    lines = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
+    if not lines:
+        raise ValueError(f"{path}: empty table")
+    header = [" ".join(name.split()).lower() for name in lines[0]]
+    missing = [column for column in _TABLE_COLUMNS if column not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; header is {lines[0]}")
+    table = {}
+    for cells in lines[1:]:
+        if not any(cell.strip() for cell in cells):
+            continue
+        row = {name: parse_missing(cell) for name, cell in zip(header, cells)}
+        file_name = row.get("file name")
+        if file_name:
+            table[file_name.split(".")[0]] = row  # spreadsheet exports may write 20586908.0
+    return table
+
+
+def _parse_acr(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        acr = int(float(value))
+    except ValueError:
+        return None
+    return acr if 1 <= acr <= 4 else None
+
+
+def _label_fields(xml: Path, shape: tuple[int, int], kinds: tuple[str, ...], flags: list[str]) -> tuple[int, str]:
+    """Validate one XML against its image; return ``(lesion_count, reason)`` with reason "" when usable."""
+    try:
+        rois = read_inbreast_rois(xml)
+    except ValueError as error:
+        return 0, str(error)
+    selected = [roi for roi in rois if roi.kind in kinds]
+    for number, roi in enumerate(selected):
+        if not rasterize_inbreast_rois([roi], shape, kinds=(roi.kind,)).any():
+            return 0, f"{xml}: {roi.kind} ROI {roi.name!r} (#{number}) covers no pixel of the {shape[0]}x{shape[1]} image"
+    outside = points_outside(rois, shape)
+    if outside:
+        flags.append("xml-points-outside-image")
+        names = sorted({point.name for point in outside})
+        logger.warning("%s: %d point(s) of ROI(s) %s lie outside the %dx%d image; clipped", xml, len(outside), names, *shape)
+    unknown = sorted({roi.name for roi in rois if roi.kind == "unknown"})
+    if unknown:
+        flags.append("unknown-roi-name")
+        logger.warning("%s: ROI name(s) %s are not a known lesion kind; not drawn", xml, unknown)
+    return len(selected), ""
+
+
+def _annotations(release: Path, result: IndexResult) -> dict[str, Path]:
+    xmls: dict[str, Path] = {}
+    for path in sorted(release.rglob("*.xml")):
+        if any("pectoral" in part.lower() for part in path.relative_to(release).parts[:-1]):
+            continue
+        if path.stem in xmls:
+            result.quarantine_record(path.stem, str(path), f"a second annotation for {path.stem} (first: {xmls[path.stem]})")
+            continue
+        xmls[path.stem] = path
+    return xmls
+
+
+def index(root: Path, roi_kinds: tuple[str, ...] | list[str] = ("mass",)) -> IndexResult:
+    """Index an INbreast release.
+
+    Args:
+        root: the release folder (holding ``AllDICOMs/``) or a folder above it.
+        roi_kinds: the lesion kinds that make the label (``mass`` by default; see
+            :data:`~breastseg.transforms.io.inbreast_xml.ROI_KINDS`); ``lesion_count`` counts ROIs of these kinds.
+
+    Returns:
+        One record per DICOM (see :mod:`breastseg.workflows.data.records`); annotated records carry
+        ``label`` = the XML path, ``label_format`` ``"inbreast-xml"`` and ``roi_kinds`` (what to draw),
+        and every record ``acquisition_date`` (``YYYYMM`` from the table).
+
+    Raises:
+        ValueError: unknown ``roi_kinds`` or a table without the expected columns.
+        FileNotFoundError: no ``AllDICOMs/`` folder or no ``INbreast.csv``.
+    """
+    kinds = tuple(roi_kinds)
+    if not kinds or set(kinds) - set(ROI_KINDS):
+        raise ValueError(f"roi_kinds must be a non-empty subset of {ROI_KINDS}, got {roi_kinds!r}")
+    release = _find_release(Path(root).absolute())
+    table_path = release / TABLE_NAME
+    if not table_path.is_file():
+        raise FileNotFoundError(f"{TABLE_NAME} not found in {release}")
+    table = _read_table(table_path)
+    result = IndexResult()
+    xmls = _annotations(release, result)
+
+    seen: dict[str, Path] = {}
+    for path in sorted((release / "AllDICOMs").glob("*.dcm")):
+        match = DICOM_NAME.match(path.name)
+        if match is None:
+            result.quarantine_record(path.stem, str(path), "file name is not <FileName>_<16-hex>_MG_<L|R>_<CC|ML>_ANON.dcm")
+            continue
+        file_name = match["file"]
+        if file_name in seen:
+            result.quarantine_record(file_name, str(path), f"another DICOM has FileName {file_name}: {seen[file_name]}")
+            continue
+        seen[file_name] = path
+        try:
+            header = read_header(path)
+        except ValueError as error:
+            result.quarantine_record(file_name, str(path), str(error))
+            continue
+        record = _record(path, match, header, table.get(file_name), xmls.get(file_name), kinds, result)
+        if record is not None:
+            result.records.append(record)
+
+    for file_name, xml in xmls.items():
+        if file_name not in seen:
+            result.quarantine_record(file_name, str(xml), "annotation without a DICOM in AllDICOMs")
+    for file_name in table:
+        if file_name not in seen:
+            result.quarantine_record(file_name, str(table_path), f"listed in {TABLE_NAME} but no DICOM in AllDICOMs")
+    return result
+
+
+def _record(
+    path: Path,
+    match: re.Match[str],
+    header: DicomHeader,
+    row: dict[str, str | None] | None,
+    xml: Path | None,
+    kinds: tuple[str, ...],
+    result: IndexResult,
+) -> dict[str, Any] | None:
+    file_name = match["file"]
+    name_side, name_view = match["side"], "MLO" if match["view"] == "ML" else match["view"]
+    flags: list[str] = []
+    if row is None:
+        flags.append("not-in-table")
+        side, view = name_side, name_view
+    else:
+        side, view = (row.get("laterality") or name_side).upper(), (row.get("view") or name_view).upper()
+        if (side, view) != (name_side, name_view):
+            flags.append("table-name-mismatch")
+    birads = (row or {}).get("bi-rads")
+    birads = birads.lower() if birads and _BIRADS.match(birads.lower()) else None
+    record = {
+        "image": str(path),
+        "label": None,
+        "label_format": "none",
+        "case_id": file_name,
+        "patient_id": match["token"].lower(),
+        "dataset": "inbreast",
+        "modality": "MG",
+        "laterality": side,
+        "view": view,
+        "birads": birads,
+        "acr": _parse_acr((row or {}).get("acr")),
+        "pathology": None,
+        "subtlety": None,
+        "lesion_count": 0,
+        "spacing": header.spacing,
+        "rows": header.rows,
+        "columns": header.columns,
+        "flags": flags,
+        "acquisition_date": (row or {}).get("acquisition date"),
+    }
+    if xml is None:
+        record.update(pathology="normal", flags=sorted(flags + ["normal"]))
+        return record
+    count, reason = _label_fields(xml, header.shape, kinds, flags)
+    if reason:
+        result.quarantine_record(file_name, str(xml), reason)
+        return None
+    record.update(label=str(xml), label_format="inbreast-xml", lesion_count=count, roi_kinds=list(kinds), flags=sorted(flags))
+    return record
