@@ -1,0 +1,158 @@
+"""``build_datalist`` / ``load_datalist`` / ``fold_split`` and the ``breastseg datalist`` console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import unittest
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+
+from breastseg.workflows.data.datalist import build_datalist, fold_split, format_summary, load_datalist, write_datalist
+from breastseg.workflows.data.synthetic import generate
+
+torch.set_num_threads(1)
+BREASTSEG = "/tmp/venv/bin/breastseg"
+SPLITS = ("training", "validation", "test")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([BREASTSEG, *args], capture_output=True, text=True, timeout=120)
+
+
+class TestDatalist(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = TemporaryDirectory()
+        cls.tmp = Path(cls._tmp.name)
+        cls.busi = cls.tmp / "busi"
+        done = run_cli("synth", "--layout", "busi", "--out", str(cls.busi), "--cases", "20", "--seed", "0")
+        assert done.returncode == 0, done.stderr  # fixture set-up, not a user error
+        cls.udiat = cls.tmp / "udiat"
+        generate("udiat", cls.udiat, cases=12, seed=0)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def test_busi_datalist_counts_keys_and_no_leak(self):
+        datalist = build_datalist("busi", self.busi, folds=3, seed=0, val_fraction=0.2, test_fraction=0.2)
+        self.assertEqual(set(datalist), {"dataset", "root", "seed", "split", *SPLITS, "quarantine", "duplicates", "summary"})
+        self.assertEqual(datalist["split"]["method"], "grouped-random")
+        self.assertEqual(datalist["split"]["folds"], 3)
+        # 20 images: benign 12 (benign (12) repeats benign (2)), malignant 5, normal 3 -> 19 after dedup
+        self.assertEqual(datalist["summary"]["total"]["images"], 19)
+        self.assertEqual([d["case_id"] for d in datalist["duplicates"]], ["benign (12)"])
+        self.assertEqual((len(datalist["test"]), len(datalist["validation"])), (4, 4))
+        images = [r["image"] for name in SPLITS for r in datalist[name]]
+        self.assertEqual(len(images), len(set(images)))
+        non_test = datalist["training"] + datalist["validation"]
+        self.assertEqual({r["fold"] for r in non_test}, {0, 1, 2})
+        self.assertTrue(all("fold" not in r for r in datalist["test"]))
+        self.assertEqual(sum(f["images"] for f in datalist["summary"]["folds"]), len(non_test))
+
+    def test_same_seed_same_json_other_seed_differs(self):
+        first = build_datalist("udiat", self.udiat, folds=2, seed=7)
+        again = build_datalist("udiat", self.udiat, folds=2, seed=7)
+        other = build_datalist("udiat", self.udiat, folds=2, seed=8)
+        self.assertEqual(json.dumps(first), json.dumps(again))
+        self.assertNotEqual([r["case_id"] for r in first["test"]], [r["case_id"] for r in other["test"]])
+
+    def test_write_load_round_trip_and_fold_split(self):
+        datalist = build_datalist("udiat", self.udiat, folds=4, seed=1)
+        path = write_datalist(datalist, self.tmp / "out" / "udiat.json")
+        loaded = load_datalist(path)
+        self.assertEqual(loaded, json.loads(json.dumps(datalist)))
+        non_test = {r["case_id"] for r in loaded["training"] + loaded["validation"]}
+        seen_val: set[str] = set()
+        for fold in range(4):
+            train, val = fold_split(loaded, fold)
+            train_ids, val_ids = {r["case_id"] for r in train}, {r["case_id"] for r in val}
+            self.assertFalse(train_ids & val_ids)
+            self.assertEqual(train_ids | val_ids, non_test)
+            self.assertTrue(val_ids)
+            seen_val |= val_ids
+        self.assertEqual(seen_val, non_test)
+        with self.assertRaisesRegex(ValueError, "fold must be in 0..3"):
+            fold_split(loaded, 4)
+        with self.assertRaisesRegex(ValueError, "no folds"):
+            fold_split(build_datalist("udiat", self.udiat), 0)
+
+    def test_load_rejects_leaks_and_malformed_files(self):
+        datalist = json.loads(json.dumps(build_datalist("udiat", self.udiat, seed=0)))
+        path = self.tmp / "bad.json"
+
+        def expect(message: str, content: str) -> None:
+            path.write_text(content)
+            with self.assertRaisesRegex(ValueError, message):
+                load_datalist(path)
+
+        leaked = json.loads(json.dumps(datalist))
+        leaked["test"].append(dict(leaked["training"][0]))
+        expect(rf"bad.json.*'{leaked['training'][0]['image']}'.*in both 'training' and 'test'", json.dumps(leaked))
+        patient = json.loads(json.dumps(datalist))
+        moved = dict(patient["test"][0], image="/elsewhere/x.png", case_id="other")
+        patient["validation"].append(moved)
+        expect(rf"patient '{moved['patient_id']}' \(case '[^']+'\) is in both 'validation' and 'test'", json.dumps(patient))
+        twice = json.loads(json.dumps(datalist))
+        twice["training"].append(dict(twice["training"][0]))
+        expect("listed twice in 'training'", json.dumps(twice))
+        missing = json.loads(json.dumps(datalist))
+        del missing["training"][2]["patient_id"]
+        expect(r"training\[2\].*has no \['patient_id'\]", json.dumps(missing))
+        expect(r"lacks key\(s\) \['test'\]", json.dumps({k: v for k, v in datalist.items() if k != "test"}))
+        expect("is not valid JSON", "{not json")
+        with self.assertRaises(FileNotFoundError):
+            load_datalist(self.tmp / "absent.json")
+
+    def test_load_rejects_patient_in_two_folds(self):
+        datalist = json.loads(json.dumps(build_datalist("udiat", self.udiat, folds=3, seed=0)))
+        first = datalist["training"][0]
+        datalist["training"].append(dict(first, image="/x/copy.png", case_id="copy", fold=(first["fold"] + 1) % 3))
+        path = self.tmp / "folds.json"
+        path.write_text(json.dumps(datalist))
+        with self.assertRaisesRegex(ValueError, rf"patient '{first['patient_id']}' is in folds"):
+            load_datalist(path)
+
+    def test_official_split_only_for_cbis_and_bad_folds(self):
+        with self.assertRaisesRegex(ValueError, "no official split"):
+            build_datalist("busi", self.busi, official_split=True)
+        with self.assertRaisesRegex(ValueError, "folds must be"):
+            build_datalist("busi", self.busi, folds=-1)
+
+    def test_cli_strict_exit_codes_and_summary_lines(self):
+        out = self.tmp / "cli.json"
+        clean = run_cli("datalist", "--dataset", "busi", "--root", str(self.busi), "--out", str(out), "--strict",
+                        "--folds", "2")
+        self.assertEqual(clean.returncode, 0, clean.stderr)
+        self.assertIn("duplicates removed: 1", clean.stdout)
+        self.assertRegex(clean.stdout, r"benign \(12\)\.png: identical pixels to benign \(2\)")
+        self.assertEqual(load_datalist(out)["summary"]["quarantined"], 0)
+
+        broken = self.tmp / "broken"
+        shutil.copytree(self.busi, broken)
+        (broken / "Dataset_BUSI_with_GT" / "malignant" / "malignant (4)_mask.png").unlink()
+        strict = run_cli("datalist", "--dataset", "busi", "--root", str(broken), "--out", str(out), "--strict")
+        self.assertEqual(strict.returncode, 3)
+        self.assertIn("quarantined: 1", strict.stdout)
+        self.assertRegex(strict.stdout, r"malignant \(4\)\.png: no mask file")
+        self.assertIn("1 record(s) quarantined", strict.stderr)
+        lenient = run_cli("datalist", "--dataset", "busi", "--root", str(broken), "--out", str(out))
+        self.assertEqual(lenient.returncode, 0, lenient.stderr)
+        self.assertEqual([q["case_id"] for q in load_datalist(out)["quarantine"]], ["malignant (4)"])
+
+    def test_format_summary_lists_splits_and_quarantine(self):
+        datalist = build_datalist("udiat", self.udiat, folds=2, seed=0)
+        datalist["quarantine"] = [{"case_id": "000099", "path": "/d/GT/000099.png", "reason": "GT mask without image"}]
+        text = format_summary(datalist)
+        for expected in ("training", "validation", "test", "fold 0", "fold 1",
+                         "quarantined: 1", "/d/GT/000099.png: GT mask without image"):
+            self.assertIn(expected, text)
+        self.assertRegex(text, r"total\s+12 images\s+12 lesions\s+12 patients")
+
+
+if __name__ == "__main__":
+    unittest.main()
