@@ -57,7 +57,7 @@ def read_header(path: Path) -> DicomHeader:
         raise ValueError(f"{path}: unreadable DICOM ({error})") from error
     if "Rows" not in ds or "Columns" not in ds:
         raise ValueError(f"{path}: DICOM header has no Rows/Columns")
-    element = ds.get_item("PixelData")
+    element = ds.get_item("PixelData", keep_deferred=True)
     if element is None:
         raise ValueError(f"{path}: DICOM file has no pixel data")
     length = getattr(element, "length", None)
