@@ -1,0 +1,218 @@
+"""The five papers' preprocessing chains, one function per bundle, each returning a MONAI ``Compose``.
+
+Every chain starts from a datalist sample (``image`` path, ``label`` spec, ``label_format``) and ends
+with float32 ``MetaTensor``s ``image`` (C, H, W) and ``label`` (1, H, W) in {0, 1}. Deterministic
+transforms come first and random ones last, so ``CacheDataset`` caches everything before the first
+random transform. ``with_label=False`` (inference) builds the same chain for the image alone.
+Geometry changes are invertible: ``chain.inverse(sample)`` or MONAI ``Invertd`` maps predictions back
+onto the original image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import (
+    Compose,
+    RandFlipd,
+    RandRotate90d,
+    Resized,
+    ScaleIntensityd,
+    ScaleIntensityRanged,
+    Transform,
+)
+
+from .intensity import CLAHEd, HistogramEqualized, WienerFilterd
+from .io import LoadBreastImaged, LoadLesionMaskd
+from .spatial import BorderCropd, BreastCentredSquarePadd, CanonicalSided, LesionRoiCropd, RemoveArtefactsd
+
+__all__ = ["brems_net", "unetplusplus_mammo", "two_stage_msf", "hybrid_attention_us", "connected_unets"]
+
+CONNECTED_UNETS_DATASETS = ("cbis-ddsm", "inbreast")
+
+
+def _keys(keys: Sequence[str], with_label: bool) -> tuple[tuple[str, ...], str, str | None]:
+    keys = tuple(keys)
+    if not keys or (with_label and len(keys) < 2):
+        raise ValueError(f"keys must be (image_key, label_key) with a label, (image_key,) without; got {keys}")
+    used = keys[:2] if with_label else keys[:1]
+    return used, used[0], used[1] if with_label else None
+
+
+def _load(image_key: str, label_key: str | None, reader: str, format_key: str = "label_format") -> list[Transform]:
+    steps: list[Transform] = [LoadBreastImaged(image_key, reader=reader)]
+    if label_key is not None:
+        steps.append(LoadLesionMaskd(label_key, image_key=image_key, format_key=format_key))
+    return steps
+
+
+def _resize(keys: tuple[str, ...], size: int | Sequence[int], image_mode: str) -> Resized:
+    spatial = (size, size) if isinstance(size, int) else tuple(size)
+    modes = (image_mode,) + ("nearest",) * (len(keys) - 1)
+    return Resized(keys, spatial_size=spatial, mode=modes)
+
+
+def brems_net(
+    image_size: int = 512,
+    train: bool = False,
+    keys: Sequence[str] = ("image", "label"),
+    with_label: bool = True,
+    canonical_side: str | None = None,
+    reader: str = "pydicom",
+) -> Compose:
+    """BReMS-Net (000): histogram equalisation, breast-centred zero padding to square, resize.
+
+    Defaults where the paper is silent:
+        * ``image_size=512``: the paper gives no input size; 512 keeps masses of ~1 cm at ~6 px.
+        * The padding is applied before equalisation, so padded pixels share the lowest grey level with
+          the background; 256 histogram bins; area interpolation for the image, nearest for the mask.
+        * ``train=True`` adds no random transform: the paper reports no augmentation.
+        * ``canonical_side`` (``"left"``/``"right"``) optionally flips every breast to one side; off.
+    """
+    used, image_key, label_key = _keys(keys, with_label)
+    steps = _load(image_key, label_key, reader)
+    if canonical_side is not None:
+        steps.append(CanonicalSided(used, reference_key=image_key, side=canonical_side))
+    steps += [
+        BreastCentredSquarePadd(used, reference_key=image_key),
+        HistogramEqualized(image_key, num_bins=256),
+        _resize(used, image_size, "area"),
+    ]
+    return Compose(steps)
+
+
+def unetplusplus_mammo(
+    image_size: int = 224,
+    train: bool = False,
+    wiener_window: int = 3,
+    clahe_clip: float = 0.01,
+    clahe_tiles: int | Sequence[int] = 8,
+    roi_margin: float = 0.25,
+    keys: Sequence[str] = ("image", "label"),
+    with_label: bool = True,
+    reader: str = "pydicom",
+) -> Compose:
+    """UNet++ for mammography (001): Wiener, CLAHE, one ROI per lesion, 224x224, min-max; rot90 + flips.
+
+    Returns a list of samples per image (one per lesion, each with ``lesion_index`` and ``roi_box``).
+    Inference without a label needs the lesion boxes in the sample under ``"roi_boxes"`` (the paper
+    assumes lesion positions are known before segmentation).
+
+    Defaults where the paper is silent:
+        * ``wiener_window=3``: the scipy/MATLAB ``wiener2`` default; noise = mean local variance.
+        * ``clahe_clip=0.01`` (scikit-image semantics = OpenCV clipLimit 2.56) and ``clahe_tiles=8``
+          (8x8 tiles = skimage's default kernel of 1/8 image), 256 bins.
+        * ``roi_margin=0.25``: square crop, lesion's longer side plus 25 % on each side, at least 32 px.
+        * Training augmentation: ``RandRotate90d`` (k in 1..3, p=0.5) and ``RandFlipd`` on each axis
+          (p=0.5), on image and label together, training only.
+        * Patch resize is bilinear (crops may be smaller than 224), nearest for the mask.
+    """
+    used, image_key, label_key = _keys(keys, with_label)
+    steps = _load(image_key, label_key, reader)
+    steps += [
+        WienerFilterd(image_key, window=wiener_window),
+        CLAHEd(image_key, clip_limit=clahe_clip, tile_grid=clahe_tiles),
+        LesionRoiCropd(used, label_key=label_key or "label", margin=roi_margin),
+        _resize(used, image_size, "bilinear"),
+        ScaleIntensityd(image_key, minv=0.0, maxv=1.0),
+    ]
+    if train:
+        steps += [
+            RandRotate90d(used, prob=0.5, max_k=3),
+            RandFlipd(used, prob=0.5, spatial_axis=0),
+            RandFlipd(used, prob=0.5, spatial_axis=1),
+        ]
+    return Compose(steps)
+
+
+def two_stage_msf(
+    patch_size: int = 256,
+    train: bool = False,
+    roi_margin: float = 0.25,
+    keys: Sequence[str] = ("image", "label"),
+    with_label: bool = True,
+    reader: str = "pydicom",
+) -> Compose:
+    """Two-stage MSF (002), segmentation stage: a patch per mass, resized to 256x256, then histogram
+    equalisation. The detector stage takes the full image at five sizes: see
+    :func:`breastseg.transforms.spatial.detector_views` (160x320 ... 480x960, width x height).
+
+    Defaults where the paper is silent:
+        * ``roi_margin=0.25`` (square patch around the mass, as for 001); inference uses the detector's
+          boxes under ``"roi_boxes"``.
+        * ``train=True`` adds no random transform: the paper reports none for this stage.
+    """
+    used, image_key, label_key = _keys(keys, with_label)
+    steps = _load(image_key, label_key, reader)
+    steps += [
+        LesionRoiCropd(used, label_key=label_key or "label", margin=roi_margin),
+        _resize(used, patch_size, "bilinear"),
+        HistogramEqualized(image_key, num_bins=256),
+    ]
+    return Compose(steps)
+
+
+def hybrid_attention_us(
+    image_size: int = 256,
+    train: bool = False,
+    keys: Sequence[str] = ("image", "label"),
+    with_label: bool = True,
+) -> Compose:
+    """Hybrid attention network for ultrasound (003): resize to 256x256, no augmentation.
+
+    Defaults where the paper is silent: 8-bit intensities scaled as ``value / 255`` (absolute
+    brightness is meaningful in B-mode; clipped to [0, 1]); area interpolation for the image.
+    ``train=True`` adds nothing (the paper trains without augmentation).
+    """
+    used, image_key, label_key = _keys(keys, with_label)
+    steps = _load(image_key, label_key, "pydicom")
+    steps += [
+        _resize(used, image_size, "area"),
+        ScaleIntensityRanged(image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
+    ]
+    return Compose(steps)
+
+
+def connected_unets(
+    image_size: int = 224,
+    dataset: str = "cbis-ddsm",
+    train: bool = False,
+    border_fraction: float = 0.01,
+    clahe_clip: float = 0.01,
+    clahe_tiles: int | Sequence[int] = 8,
+    keys: Sequence[str] = ("image", "label"),
+    with_label: bool = True,
+    canonical_side: str | None = None,
+    reader: str = "pydicom",
+) -> Compose:
+    """ConnectedUNets++ (004) on whole mammograms.
+
+    CBIS-DDSM: border crop, min-max to [0, 1], artefact removal, CLAHE, square padding, 224x224.
+    INbreast: the paper applies CLAHE only (plus [0, 1] scaling, square padding and 224x224, which the
+    network input needs).
+
+    Defaults where the paper is silent:
+        * ``border_fraction=0.01`` cut from each side (film edges); the mask is cut identically.
+        * Artefact removal keeps the largest bright component (see ``breastseg.transforms.spatial.breast``);
+          an image with no breast raises a ``ValueError`` naming the file.
+        * CLAHE ``clahe_clip=0.01`` (skimage semantics), ``clahe_tiles=8``, 256 bins.
+        * Square padding is breast-centred like BReMS-Net's; area interpolation for the image.
+        * ``train=True`` adds no random transform: the paper reports none.
+    """
+    if dataset not in CONNECTED_UNETS_DATASETS:
+        raise ValueError(f"dataset must be one of {CONNECTED_UNETS_DATASETS}, got {dataset!r}")
+    used, image_key, label_key = _keys(keys, with_label)
+    steps = _load(image_key, label_key, reader)
+    if dataset == "cbis-ddsm":
+        steps.append(BorderCropd(used, fraction=border_fraction))
+    steps.append(ScaleIntensityd(image_key, minv=0.0, maxv=1.0))
+    if dataset == "cbis-ddsm":
+        steps.append(RemoveArtefactsd(image_key, reference_key=image_key))
+    if canonical_side is not None:
+        steps.append(CanonicalSided(used, reference_key=image_key, side=canonical_side))
+    steps += [
+        CLAHEd(image_key, clip_limit=clahe_clip, tile_grid=clahe_tiles),
+        BreastCentredSquarePadd(used, reference_key=image_key),
+        _resize(used, image_size, "area"),
+    ]
+    return Compose(steps)
