@@ -11,7 +11,9 @@ import numpy as np
 
 __all__ = ["draw_calipers", "draw_annotations"]
 
-_LABELS = ("BREAST", "RT BREAST", "LT BREAST", "AXILLA", "12 O'CLOCK", "2 CM FN", "RADIAL", "ANTI-RAD", "L12-5", "ML6-15")
+_LABELS = (
+    "BREAST", "RT BREAST", "LT BREAST", "AXILLA", "12 O'CLOCK", "2 CM FN", "RADIAL", "ANTI-RAD", "L12-5", "ML6-15",
+)
 
 
 def draw_calipers(image: np.ndarray, outline: np.ndarray, rng: np.random.Generator) -> None:

@@ -108,7 +108,7 @@ def generate(out: Path, cases: int | None = None, seed: int = 0, full_size: bool
                 styles = [] if pathology == "normal" else sample_lesion_styles(
                     rng, pathology, lesions_per_image(pathology, number)
                 )
-                with_calipers = (pathology == "benign" and number % 3 == 1) or (pathology == "malignant" and number % 2 == 1)
+                with_calipers = number % {"benign": 3, "malignant": 2, "normal": 1}[pathology] == 1
                 frame = render_ultrasound(rng, height, width, styles, calipers=with_calipers)
                 calipers += bool(with_calipers and styles)
                 pixels = frame.image
