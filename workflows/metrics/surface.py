@@ -56,11 +56,12 @@ def union_bounding_box(pred: torch.Tensor, label: torch.Tensor, margin: int = 1)
         return None
     height, width = pred.shape
     top, bottom = max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, height)
-    # reduce over rows first (contiguous), then over the bytes of each pixel
-    band_bytes = torch.maximum(pred_bytes[top:bottom].amax(dim=0), label_bytes[top:bottom].amax(dim=0))
-    columns = torch.nonzero(band_bytes.reshape(width, -1).amax(dim=1) > 0).flatten()
+    # reduce over rows first (contiguous), then over the bytes of each pixel (dtypes may differ)
+    band = slice(top, bottom)
+    columns_used = [raw[band].amax(dim=0).reshape(width, -1).amax(dim=1) > 0 for raw in (pred_bytes, label_bytes)]
+    columns = torch.nonzero(columns_used[0] | columns_used[1]).flatten()
     left, right = max(int(columns[0]) - margin, 0), min(int(columns[-1]) + margin + 1, width)
-    return slice(top, bottom), slice(left, right)
+    return band, slice(left, right)
 
 
 def binary_crop(mask: torch.Tensor, box: tuple[slice, slice], name: str) -> torch.Tensor:
