@@ -41,7 +41,6 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "inference.json"))
         parser["bundle_root"] = str(bundle)
-        parser["pretrained_weights"] = None
         self.network = parser.get_parsed_content("network_def")
         state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
         self.network.load_state_dict(state)

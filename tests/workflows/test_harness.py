@@ -1,0 +1,187 @@
+"""The shared harness on real MONAI engines and real torch training steps (no bundle CLI here)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose, Lambda, RandFlipd
+
+from breastseg.workflows.checkpoints import (
+    BEST_MODEL_FILE,
+    LAST_CHECKPOINT_FILE,
+    EpochCheckpointer,
+    ResumeFromCheckpoint,
+)
+from breastseg.workflows.datasets import SampleCacheDataset
+from breastseg.workflows.evaluation import binary_postprocessing, key_metric
+from breastseg.workflows.harness import (
+    EarlyStopping,
+    build_evaluator,
+    build_lr_scheduler,
+    build_trainer,
+    lr_schedule_handler,
+    seed_everything,
+)
+
+torch.set_num_threads(1)
+
+
+def _blob_batchdata(n: int = 8, size: int = 16) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(n):
+        label = torch.zeros(1, size, size)
+        r, c = torch.randint(3, size - 7, (2,), generator=generator).tolist()
+        label[:, r : r + 5, c : c + 5] = 1
+        image = label * 0.8 + 0.2 * torch.rand(1, size, size, generator=generator)
+        items.append({"image": image, "label": label, "case_id": f"case{len(items)}"})
+    return items
+
+
+class _TinyNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _engines(tmp_path: Path, max_epochs: int, loss_function=None, schedule: str = "exponential", extra_train=()):
+    data = _blob_batchdata()
+    net = _TinyNet()
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
+    scheduler = build_lr_scheduler(schedule, optimizer, gamma=0.5, patience=1)
+    loader = DataLoader(Dataset(data), batch_size=4, shuffle=False)
+    evaluator = build_evaluator(
+        "cpu", DataLoader(Dataset(data), batch_size=4), net, key_metric("val_mean_dice"), postprocessing=binary_postprocessing()
+    )
+    from monai.handlers import ValidationHandler
+
+    handlers = [
+        *extra_train,
+        lr_schedule_handler(scheduler, evaluator, "val_mean_dice"),
+        ValidationHandler(validator=evaluator, interval=1, epoch_level=True),
+        EpochCheckpointer(tmp_path, net, optimizer, scheduler, evaluator),
+    ]
+    loss = loss_function or torch.nn.BCEWithLogitsLoss()
+    trainer = build_trainer("cpu", max_epochs, loader, net, optimizer, loss, train_handlers=handlers)
+    return trainer, evaluator, net, optimizer, scheduler
+
+
+def test_training_writes_best_and_last_checkpoints(tmp_path):
+    trainer, evaluator, net, optimizer, _ = _engines(tmp_path, max_epochs=3)
+    trainer.run()
+    assert trainer.state.epoch == 3
+    last = torch.load(tmp_path / LAST_CHECKPOINT_FILE, weights_only=True)
+    assert last["trainer"]["iteration"] == 3 * 2  # ignite keeps the iteration (2 batches an epoch)
+    assert set(last) >= {"network", "optimizer", "lr_scheduler", "trainer", "best_metric", "best_metric_epoch"}
+    best = torch.load(tmp_path / BEST_MODEL_FILE, weights_only=True)
+    assert set(best) == set(net.state_dict())
+    assert last["best_metric"] == pytest.approx(evaluator.state.best_metric)
+    # the exponential schedule stepped once per epoch
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**3)
+
+
+def test_resume_continues_after_the_saved_epoch(tmp_path):
+    trainer, evaluator, *_ = _engines(tmp_path, max_epochs=2)
+    trainer.run()
+    saved_best = evaluator.state.best_metric
+    trainer2, evaluator2, net2, optimizer2, scheduler2 = _engines(tmp_path, max_epochs=4)
+    epochs_run = []
+    trainer2.add_event_handler(Events.EPOCH_STARTED, lambda engine: epochs_run.append(engine.state.epoch))
+    ResumeFromCheckpoint(tmp_path / LAST_CHECKPOINT_FILE, net2, optimizer2, scheduler2, evaluator2).attach(trainer2)
+    trainer2.run()
+    assert epochs_run == [3, 4]
+    assert evaluator2.state.best_metric >= saved_best
+    assert optimizer2.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**4)
+
+
+def test_resume_without_checkpoint_names_the_file(tmp_path):
+    trainer, evaluator, net, optimizer, scheduler = _engines(tmp_path, max_epochs=1)
+    ResumeFromCheckpoint(tmp_path / "missing.pt", net, optimizer, scheduler, evaluator).attach(trainer)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        trainer.run()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    calls = {"n": 0}
+    bce = torch.nn.BCEWithLogitsLoss()
+
+    def loss_turning_nan(pred, target):
+        calls["n"] += 1
+        value = bce(pred, target)
+        return value * float("nan") if calls["n"] > 2 else value  # 2 iterations = epoch 1
+
+    trainer, *_ = _engines(tmp_path, max_epochs=3, loss_function=loss_turning_nan)
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        trainer.run()
+    last = torch.load(tmp_path / LAST_CHECKPOINT_FILE, weights_only=True)
+    assert last["trainer"]["iteration"] == 2  # epoch 1 only
+    assert all(torch.isfinite(v).all() for v in last["network"].values())
+
+
+def test_early_stopping_stops_a_run_that_does_not_improve(tmp_path):
+    trainer, evaluator, *_ = _engines(tmp_path, max_epochs=30, schedule="none")
+    # a learning rate of 0 cannot improve the key metric after the first validation
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 0.0
+    EarlyStopping(patience=2, evaluator=evaluator, key_metric="val_mean_dice").attach(trainer)
+    trainer.run()
+    assert trainer.state.epoch == 3
+
+
+def test_plateau_schedule_steps_on_validation(tmp_path):
+    trainer, evaluator, net, optimizer, scheduler = _engines(tmp_path, max_epochs=6, schedule="plateau")
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    trainer.run()
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert scheduler.last_epoch == 6  # stepped once per validation, on the key metric
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        build_lr_scheduler("cosine", torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1))
+
+
+def test_seed_does_not_turn_cudnn_benchmark_off():
+    torch.backends.cudnn.benchmark = True
+    seed_everything(3)
+    assert torch.backends.cudnn.benchmark is True
+    first = torch.rand(3)
+    seed_everything(3)
+    assert torch.equal(first, torch.rand(3))
+    seed_everything(3, deterministic=True)
+    assert torch.backends.cudnn.benchmark is False
+    torch.backends.cudnn.benchmark = False
+
+
+def test_sample_cache_dataset_indexes_every_lesion_sample():
+    def split_into_lesions(item):
+        return [dict(item, lesion_index=k) for k in range(item["lesions"])]
+
+    chain = Compose([Lambda(split_into_lesions), RandFlipd(keys="image", prob=0.5)])
+    data = [{"image": torch.zeros(1, 4, 4), "lesions": n} for n in (1, 3, 2)]
+    dataset = SampleCacheDataset(data, chain, cache="memory")
+    assert len(dataset) == 6
+    assert [dataset[i]["lesion_index"] for i in range(6)] == [0, 0, 1, 2, 0, 1]
+
+
+def test_trainer_refuses_zero_epochs():
+    net = _TinyNet()
+    with pytest.raises(ValueError, match="max_epochs"):
+        build_trainer("cpu", 0, [], net, torch.optim.SGD(net.parameters(), lr=0.1), torch.nn.MSELoss())
+
+
+def test_key_metric_is_finite_on_blobs(tmp_path):
+    trainer, evaluator, *_ = _engines(tmp_path, max_epochs=1)
+    trainer.run()
+    assert math.isfinite(evaluator.state.metrics["val_mean_dice"])
