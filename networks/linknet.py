@@ -107,7 +107,10 @@ class LinkNet(nn.Module):
         self.head = Conv[Conv.CONV, spatial_dims](final_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, in_channels, *spatial)`` to logits ``(B, out_channels, *spatial)``; sides must be multiples of 32."""
+        """Map ``(B, in_channels, *spatial)`` to logits ``(B, out_channels, *spatial)``.
+
+        Every spatial side must be a multiple of 32.
+        """
         check_divisible("LinkNet", x.shape[2:], 32)
         features = self.encoder(x)
         x = features[-1]

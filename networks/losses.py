@@ -67,7 +67,9 @@ class DeepSupervisionWrapper(DeepSupervisionLoss):
         return super().forward(input, target)
 
 
-def dice_loss(weight_mode: str = "same", weights: Sequence[float] | None = None, **dice_kwargs) -> DeepSupervisionWrapper:
+def dice_loss(
+    weight_mode: str = "same", weights: Sequence[float] | None = None, **dice_kwargs
+) -> DeepSupervisionWrapper:
     """Paper 001's training loss: MONAI ``DiceLoss(sigmoid=True)`` on logits, accepting a tensor or a list of heads.
 
     Args:

@@ -125,10 +125,15 @@ class PSPNet(nn.Module):
         )
         self.dropout = Dropout[Dropout.DROPOUT, spatial_dims](dropout)
         self.head = Conv[Conv.CONV, spatial_dims](psp_channels, out_channels, kernel_size=3, padding=1)
-        self.upsample = UpSample(spatial_dims, scale_factor=8, mode="nontrainable", interp_mode="linear", align_corners=True)
+        self.upsample = UpSample(
+            spatial_dims, scale_factor=8, mode="nontrainable", interp_mode="linear", align_corners=True
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, in_channels, *spatial)`` to logits ``(B, out_channels, *spatial)``; sides must be multiples of 8."""
+        """Map ``(B, in_channels, *spatial)`` to logits ``(B, out_channels, *spatial)``.
+
+        Every spatial side must be a multiple of 8.
+        """
         check_divisible("PSPNet", x.shape[2:], 8)
         x = self.encoder(x)[-1]
         return self.upsample(self.head(self.dropout(self.bottleneck(self.pyramid(x)))))

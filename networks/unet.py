@@ -16,6 +16,10 @@ from .resnet_encoder import RESNET34_STAGE_CHANNELS, ResNet34Encoder
 __all__ = ["UNet", "Unet"]
 
 
+def _nearest_x2(spatial_dims: int) -> UpSample:
+    return UpSample(spatial_dims, scale_factor=2, mode="nontrainable", interp_mode="nearest", align_corners=None)
+
+
 class _UpConcatBlock(nn.Module):
     """Nearest x2 up-sampling, concatenation with the encoder skip, then two 3x3 conv-norm-act."""
 
@@ -30,7 +34,7 @@ class _UpConcatBlock(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
-        self.upsample = UpSample(spatial_dims, scale_factor=2, mode="nontrainable", interp_mode="nearest", align_corners=None)
+        self.upsample = _nearest_x2(spatial_dims)
         self.convs = TwoConv(spatial_dims, in_channels + skip_channels, out_channels, act, norm, norm is None, dropout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -96,13 +100,16 @@ class UNet(nn.Module):
         )
         # the last block reaches input resolution, where the encoder has no feature map to concatenate
         self.final_block = nn.Sequential(
-            UpSample(spatial_dims, scale_factor=2, mode="nontrainable", interp_mode="nearest", align_corners=None),
+            _nearest_x2(spatial_dims),
             TwoConv(spatial_dims, features[3], features[4], act, norm, norm is None, dropout),
         )
         self.head = Conv[Conv.CONV, spatial_dims](features[4], out_channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, in_channels, *spatial)`` to logits ``(B, out_channels, *spatial)``; sides must be multiples of 32."""
+        """Map ``(B, in_channels, *spatial)`` to logits ``(B, out_channels, *spatial)``.
+
+        Every spatial side must be a multiple of 32.
+        """
         check_divisible("UNet", x.shape[2:], 32)
         features = self.encoder(x)
         x = features[-1]

@@ -69,17 +69,21 @@ class UNetPlusPlus(nn.Module):
         deep_supervision: build one head per column of row 0 and return them all in training.
 
     Raises:
-        ValueError: for fewer than two or non-positive ``features``, or ``dropout`` outside [0, 1).
+        ValueError: for ``spatial_dims`` other than 2/3, fewer than two or non-positive ``features``, or
+            ``dropout`` outside [0, 1).
 
     Examples::
 
         >>> net = UNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=1, deep_supervision=True)
-        >>> [y.shape for y in net.train()(torch.zeros(2, 1, 32, 48))]  # 4 x (2, 1, 32, 48), final first
+        >>> heads = net.train()(torch.zeros(2, 1, 32, 48))  # final head first
+        >>> len(heads), heads[0].shape
+        (4, torch.Size([2, 1, 32, 48]))
         >>> net.eval()(torch.zeros(2, 1, 32, 48)).shape
         torch.Size([2, 1, 32, 48])
 
     See Also:
-        :py:class:`monai.networks.nets.BasicUNetPlusPlus` (LeakyReLU + norm, wider row 0 deconvs, 9.1 M at these widths).
+        :py:class:`monai.networks.nets.BasicUNetPlusPlus`: LeakyReLU + norm, wider row-0 deconvs,
+        9.1 M parameters at these widths.
     """
 
     def __init__(
@@ -107,7 +111,10 @@ class UNetPlusPlus(nn.Module):
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2)
         encoder_inputs = (in_channels,) + features[:-1]
         self.encoders = nn.ModuleList(
-            [TwoConv(spatial_dims, c_in, c_out, act, norm, bias, dropout) for c_in, c_out in zip(encoder_inputs, features)]
+            [
+                TwoConv(spatial_dims, c_in, c_out, act, norm, bias, dropout)
+                for c_in, c_out in zip(encoder_inputs, features)
+            ]
         )
         # columns[j - 1][i] is node X^{i,j}; column j has one node fewer than column j - 1
         self.columns = nn.ModuleList(

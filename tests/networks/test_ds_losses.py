@@ -68,7 +68,13 @@ class TestDiceLoss(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "2 loss weights were given for 3 deep-supervision heads"):
             dice_loss(weights=[1.0, 0.5])([self.logits] * 3, self.target)
 
-    @parameterized.expand([[{"weight_mode": "linear"}, "weight_mode"], [{"weights": [1.0, -1.0]}, "weights"], [{"weights": []}, "weights"]])
+    @parameterized.expand(
+        [
+            [{"weight_mode": "linear"}, "weight_mode"],
+            [{"weights": [1.0, -1.0]}, "weights"],
+            [{"weights": []}, "weights"],
+        ]
+    )
     def test_invalid_arguments(self, kwargs, message):
         with self.assertRaisesRegex(ValueError, message):
             DeepSupervisionWrapper(DiceLoss(sigmoid=True), **kwargs)

@@ -34,7 +34,8 @@ class TestNetworkFactory(unittest.TestCase):
             build_network("unet", deep_supervision=True)
 
     def test_unknown_name_lists_known_names(self):
-        with self.assertRaisesRegex(ValueError, r"unknown network 'unet\+\+'; known networks: linknet, pspnet, unet, unetplusplus"):
+        message = r"unknown network 'unet\+\+'; known networks: linknet, pspnet, unet, unetplusplus"
+        with self.assertRaisesRegex(ValueError, message):
             build_network("unet++")
 
     def test_register_extends_and_protects_the_registry(self):
