@@ -48,7 +48,8 @@ class UNetPlusPlus(nn.Module):
     [3x3 conv (+bias) -> ReLU -> Dropout(0.5)] x 2 without normalisation, 2x2 max-pooling, 2x2/2 transposed
     convolutions to the row's width, and 1x1 heads; 9,041,601 parameters for one input channel and one head.
     Convolutions are initialised He-normal with zero bias, as the reference (its L2 1e-4 kernel penalty belongs
-    to the optimiser's weight decay, not to the network).
+    to the optimiser's weight decay, not to the network). Nodes are MONAI ``TwoConv`` blocks, which drop out before
+    the activation; for ReLU that equals the reference's ReLU -> Dropout.
 
     Deep-supervision contract (as MONAI ``DynUNet``/``SegResNetDS``): with ``deep_supervision=True`` the network
     has one head on each of X^{0,1} ... X^{0,L}; in ``train()`` mode it returns the list of their logits,
