@@ -229,7 +229,7 @@ def plot_confusion_matrix(tp: int, fp: int, fn: int, tn: int, path: str | Path, 
         text = f"{value:.3f}" if normalize else f"{int(value)}"
         colour = "white" if value > shown.max() / 2 else "black"
         axes.text(j, i, text, ha="center", va="center", color=colour)
-    axes.set_title("pixel confusion matrix" + (" (row-normalised)" if normalize else ""))
+    axes.set_title("pixel confusion" + (", row-normalised" if normalize else ""), fontsize=10)
     return _save(figure, path)
 
 
