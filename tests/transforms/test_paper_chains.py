@@ -1,0 +1,156 @@
+"""Each paper's chain from a datalist sample: output shapes, dtypes and ranges, inference without a
+label, training augmentation, and preprocess -> inverse -> the original image geometry."""
+
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+from mammo_factory import phantom_mammogram, write_dicom, write_png
+from monai.utils import set_determinism
+
+from breastseg.transforms import NoBreastFoundError, brems_net, connected_unets, hybrid_attention_us, two_stage_msf, unetplusplus_mammo
+
+torch.set_num_threads(1)
+ROWS, COLS = 160, 128
+
+
+class TestPaperChains(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        root = cls.tmp.name
+        image, mask = phantom_mammogram(ROWS, COLS, side="right")
+        cls.mask = mask
+        cls.mammo = {
+            "image": write_dicom(f"{root}/full.dcm", image, pixel_spacing=(0.07, 0.07)),
+            "label": [write_dicom(f"{root}/roi.dcm", mask.astype(np.uint16) * 255)],
+            "label_format": "dicom",
+        }
+        us = (np.arange(90 * 70).reshape(90, 70) % 251).astype(np.uint8)
+        us_mask = np.zeros((90, 70), np.uint8)
+        us_mask[30:50, 20:45] = 255
+        cls.us_mask = us_mask > 0
+        cls.us = {
+            "image": write_png(f"{root}/benign (1).png", np.dstack([us] * 3)),
+            "label": [write_png(f"{root}/benign (1)_mask.png", us_mask)],
+            "label_format": "png",
+        }
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def _check(self, out, size, channels=1):
+        for key, expected_channels in (("image", channels), ("label", 1)):
+            self.assertEqual(tuple(out[key].shape), (expected_channels, *size), key)
+            self.assertEqual(out[key].dtype, torch.float32, key)
+        self.assertTrue(set(out["label"].unique().tolist()) <= {0.0, 1.0})
+        self.assertGreater(float(out["label"].sum()), 0)
+        self.assertGreaterEqual(float(out["image"].min()), -1e-6)
+        self.assertLessEqual(float(out["image"].max()), 1 + 1e-6)
+
+    def _check_inverse(self, chain, out, original_mask):
+        back = chain.inverse(out)
+        self.assertEqual(tuple(back["label"].shape[1:]), original_mask.shape)
+        self.assertEqual(tuple(back["image"].shape[1:]), original_mask.shape)
+        restored = back["label"][0].numpy() > 0.5
+        overlap = (restored & original_mask).sum() / max(restored.sum(), original_mask.sum())
+        return restored, overlap
+
+    def test_brems_net(self):
+        chain = brems_net(image_size=64)
+        out = chain(dict(self.mammo))
+        self._check(out, (64, 64))
+        self.assertAlmostEqual(float(out["image"].pixdim[0]), 0.07 * ROWS / 64, places=5)  # spacing follows the resize
+        _, overlap = self._check_inverse(chain, out, self.mask)
+        self.assertGreater(overlap, 0.8)  # up to nearest-neighbour interpolation at 64 px
+
+    def test_brems_net_canonical_side_and_inference(self):
+        chain = brems_net(image_size=64, canonical_side="left")
+        out = chain(dict(self.mammo))
+        plain = brems_net(image_size=64)(dict(self.mammo))  # the phantom breast is on the right
+        np.testing.assert_allclose(out["image"].numpy(), plain["image"].numpy()[..., ::-1], atol=1e-5)
+        # nearest-neighbour sampling is not mirror-symmetric: allow a few edge pixels
+        self.assertGreater((out["label"].numpy() == plain["label"].numpy()[..., ::-1]).mean(), 0.99)
+        _, overlap = self._check_inverse(chain, out, self.mask)
+        self.assertGreater(overlap, 0.8)
+        image_only = brems_net(image_size=64, with_label=False)({"image": self.mammo["image"]})
+        self.assertEqual(tuple(image_only["image"].shape), (1, 64, 64))
+        self.assertNotIn("label", image_only)
+
+    def test_unetplusplus_mammo_rois(self):
+        chain = unetplusplus_mammo(image_size=32)
+        samples = chain(dict(self.mammo))
+        self.assertEqual(len(samples), 2)  # one per lesion
+        for sample in samples:
+            self._check(sample, (32, 32))
+            self.assertAlmostEqual(float(sample["image"].min()), 0.0, places=5)  # min-max
+            self.assertAlmostEqual(float(sample["image"].max()), 1.0, places=5)
+            restored, _ = self._check_inverse(chain, sample, self.mask)
+            r0, r1, c0, c1 = sample["roi_box"]
+            inside = self.mask[r0:r1, c0:c1]
+            agreement = (restored[r0:r1, c0:c1] == inside).mean()
+            self.assertGreater(agreement, 0.95)
+            self.assertFalse(restored[:, : max(c0 - 1, 0)].any())  # nothing pasted outside the box
+
+    def test_unetplusplus_mammo_training_augmentation_is_invertible(self):
+        set_determinism(seed=0)
+        chain = unetplusplus_mammo(image_size=32, train=True)
+        flips_seen = set()
+        for _ in range(4):
+            for sample in chain(dict(self.mammo)):
+                flips_seen.add(tuple(op["class"] for op in sample["image"].applied_operations if op.get("do_transforms")))
+                self._check(sample, (32, 32))
+                restored, _ = self._check_inverse(chain, sample, self.mask)
+                r0, r1, c0, c1 = sample["roi_box"]
+                self.assertGreater((restored[r0:r1, c0:c1] == self.mask[r0:r1, c0:c1]).mean(), 0.95)
+        set_determinism(seed=None)
+        self.assertGreater(len(flips_seen), 1)  # the random part really varies
+
+    def test_unetplusplus_mammo_inference_with_known_boxes(self):
+        chain = unetplusplus_mammo(image_size=32, with_label=False)
+        (sample,) = chain({"image": self.mammo["image"], "roi_boxes": [[40, 80, 60, 100]]})
+        self.assertEqual(tuple(sample["image"].shape), (1, 32, 32))
+        back = chain.inverse(sample)
+        self.assertEqual(tuple(back["image"].shape), (1, ROWS, COLS))
+
+    def test_two_stage_msf_patches(self):
+        chain = two_stage_msf(patch_size=48)
+        samples = chain(dict(self.mammo))
+        self.assertEqual(len(samples), 2)
+        for sample in samples:
+            self._check(sample, (48, 48))
+            restored, _ = self._check_inverse(chain, sample, self.mask)
+            r0, r1, c0, c1 = sample["roi_box"]
+            self.assertGreater((restored[r0:r1, c0:c1] == self.mask[r0:r1, c0:c1]).mean(), 0.95)
+
+    def test_hybrid_attention_us(self):
+        chain = hybrid_attention_us(image_size=40)
+        out = chain(dict(self.us))
+        self._check(out, (40, 40))
+        restored, overlap = self._check_inverse(chain, out, self.us_mask)
+        self.assertGreater(overlap, 0.85)
+        image_only = hybrid_attention_us(image_size=40, with_label=False)({"image": self.us["image"]})
+        self.assertEqual(tuple(image_only["image"].shape), (1, 40, 40))
+
+    def test_connected_unets_cbis_and_inbreast(self):
+        for dataset in ("cbis-ddsm", "inbreast"):
+            chain = connected_unets(image_size=64, dataset=dataset)
+            out = chain(dict(self.mammo))
+            self._check(out, (64, 64))
+            _, overlap = self._check_inverse(chain, out, self.mask)
+            self.assertGreater(overlap, 0.7, dataset)  # nearest 2.5x down and up; a wrong inverse gives ~0
+        with self.assertRaisesRegex(ValueError, "dataset"):
+            connected_unets(dataset="busi")
+
+    def test_connected_unets_blank_image_names_the_file(self):
+        blank = write_dicom(f"{self.tmp.name}/blank.dcm", np.zeros((ROWS, COLS), np.uint16))
+        with self.assertRaises(RuntimeError) as ctx:  # MONAI's Compose wraps the transform's error
+            connected_unets(image_size=48)({"image": blank, "label": None, "label_format": "none"})
+        self.assertIsInstance(ctx.exception.__cause__, NoBreastFoundError)
+        self.assertIn("blank.dcm", str(ctx.exception.__cause__))
+
+
+if __name__ == "__main__":
+    unittest.main()
