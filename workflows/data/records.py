@@ -1,0 +1,69 @@
+"""The datalist record contract shared by every indexer, the splitter and the harness.
+
+A *record* is one image (one mammogram or ultrasound frame) as a plain JSON-able dict:
+
+===================  ==========================================================================
+key                  meaning
+===================  ==========================================================================
+``image``            absolute path of the image file (DICOM or PNG), exactly as found on disk
+``label``            where the lesion mask comes from: one path, a list of paths whose masks are
+                     OR-ed (CBIS-DDSM abnormality rows, BUSI ``_mask_N``), an INbreast XML path,
+                     or ``None`` for an image without lesion (empty mask)
+``label_format``     ``"dicom"``, ``"png"``, ``"inbreast-xml"`` or ``"none"``
+``case_id``          unique id of the image inside the dataset
+``patient_id``       the grouping key for splits (CBIS ``P_00001``, INbreast case token, BUSI /
+                     UDIAT image id: those two have no patient ids)
+``dataset``          ``cbis-ddsm``, ``inbreast``, ``busi`` or ``udiat``
+``modality``         ``"MG"`` or ``"US"``
+``laterality``       ``"L"``, ``"R"`` or ``None``
+``view``             ``"CC"``, ``"MLO"`` (INbreast ``ML`` is normalised), ``"FB"`` or ``None``
+``birads``           BI-RADS / CBIS assessment as a string (``"4a"``, ``"0"``) or ``None``
+``acr``              ACR density 1-4, or ``None`` (CBIS density 0 is kept as 0)
+``pathology``        ``"malignant"``, ``"benign"``, ``"benign_without_callback"``, ``"normal"`` or ``None``
+``subtlety``         CBIS subtlety (0-5) or ``None``
+``lesion_count``     number of annotated lesions of the kind indexed (masses by default)
+``spacing``          ``[row_mm, col_mm]`` when the file states it, else ``None``
+``rows``/``columns`` image size in pixels (from the header, never assumed)
+``flags``            list of notes on the record (``"normal"``, ``"mask-crop-swapped"``, ...)
+===================  ==========================================================================
+
+Indexers may add dataset-specific keys (``official_split``, ``abnormality``, ``mass_shape``...).
+Missing values are ``None`` (JSON ``null``), never an empty string or ``"NA"``.
+
+A *quarantine entry* is ``{"case_id": ..., "path": <the file at fault>, "reason": <why>}``: every
+record an indexer cannot use is listed, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["IndexResult", "quarantine_entry", "MISSING_TOKENS", "parse_missing"]
+
+#: Cell values that mean "no value" in the datasets' tables.
+MISSING_TOKENS = frozenset({"", "NA", "N/A", "NAN", "NONE", "NULL"})
+
+
+def parse_missing(value: Any) -> Any:
+    """Return ``None`` for the tables' missing-value spellings, the stripped string otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text.upper() in MISSING_TOKENS else text
+
+
+def quarantine_entry(case_id: str, path: str, reason: str) -> dict[str, str]:
+    return {"case_id": str(case_id), "path": str(path), "reason": reason}
+
+
+@dataclass
+class IndexResult:
+    """What an indexer returns: usable records, quarantined ones, and exact duplicates removed."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[dict[str, str]] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+
+    def quarantine_record(self, case_id: str, path: str, reason: str) -> None:
+        self.quarantine.append(quarantine_entry(case_id, path, reason))
