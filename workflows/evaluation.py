@@ -27,7 +27,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
 
-from breastseg.workflows.metrics import METRIC_NAMES, LesionDice, reduce_case_table, table_to_rows
+from breastseg.workflows.metrics import METRIC_NAMES, LesionDice, reduce_case_table
 
 __all__ = [
     "binary_postprocessing",
@@ -169,20 +169,16 @@ class CaseReportWriter:
     def rows(self, engine: Engine) -> list[dict[str, Any]]:
         from monai.utils import string_list_all_gather
 
-        table = engine.state.metric_details[self.table_key]
+        from breastseg.workflows import reports
+
         cases = string_list_all_gather(self._cases)
         lesions = [int(v) for v in string_list_all_gather([str(i) for i in self._lesions])]
-        metric_rows = table_to_rows(table)
-        if len(metric_rows) != len(cases):
-            raise RuntimeError(f"{len(metric_rows)} metric rows for {len(cases)} cases: the report would be misaligned")
-        rows = []
-        for case_id, lesion, metrics in zip(cases, lesions, metric_rows):
-            meta = self.metadata.get(case_id, {})
-            row = {"case_id": case_id, "case_key": case_key(case_id), "lesion_index": lesion}
-            row.update({k: v for k, v in meta.items() if not isinstance(v, (list, dict))})
-            row.update(metrics)
-            rows.append(row)
-        return rows
+        metadata = []
+        for case_id, lesion in zip(cases, lesions):
+            meta = {"case_id": case_id, "case_key": case_key(case_id), "lesion_index": lesion}
+            meta.update({k: v for k, v in self.metadata.get(case_id, {}).items() if not isinstance(v, (list, dict)) and k not in meta})
+            metadata.append(meta)
+        return reports.case_rows(engine.state.metric_details[self.table_key], metadata)
 
     def write(self, engine: Engine) -> None:
         from breastseg.workflows import reports
@@ -211,8 +207,8 @@ class CaseReportWriter:
         from breastseg.workflows import reports
 
         if "confusion_matrix" in self.plots:
-            totals = {k: sum(int(r[k]) for r in rows) for k in ("tp", "fp", "fn", "tn")}
-            reports.plot_confusion_matrix(totals["tp"], totals["fp"], totals["fn"], totals["tn"], folder / "confusion_matrix.png")
+            counts = self.summary["pixel_confusion"]
+            reports.plot_confusion_matrix(counts["tp"], counts["fp"], counts["fn"], counts["tn"], folder / "confusion_matrix.png")
         for by in ("birads", "acr"):
             if f"violin_{by}" in self.plots:
                 reports.plot_violin(rows, by=by, metric="dice", path=folder / f"dice_by_{by}.png")

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import LrScheduleHandler, StatsHandler, from_engine
+from monai.handlers import LrScheduleHandler, StatsHandler
 from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Compose
 
@@ -42,6 +42,7 @@ __all__ = [
     "progress_handlers",
     "seed_everything",
     "use_amp",
+    "loss_value",
 ]
 
 logger = logging.getLogger("breastseg.harness")
@@ -108,6 +109,12 @@ def lr_schedule_handler(lr_scheduler: Any, evaluator: Any = None, key_metric: st
     return LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=True)
 
 
+def loss_value(output: Any) -> float:
+    """The scalar training loss of a (non-decollated) trainer output."""
+    loss = output["loss"] if isinstance(output, dict) else output
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+
+
 def _on_terminal() -> bool:
     return sys.stderr.isatty()
 
@@ -121,7 +128,7 @@ class _ProgressBar:
         self.bar = ProgressBar(persist=False)
 
     def attach(self, engine: Any) -> None:
-        self.bar.attach(engine, output_transform=from_engine(["loss"], first=True))
+        self.bar.attach(engine, output_transform=lambda output: {"loss": loss_value(output)})
 
 
 def progress_handlers(role: str, terminal: bool | None = None) -> list[Any]:
@@ -136,7 +143,7 @@ def progress_handlers(role: str, terminal: bool | None = None) -> list[Any]:
             StatsHandler(
                 name=name,
                 tag_name="train_loss",
-                output_transform=from_engine(["loss"], first=True),
+                output_transform=loss_value,
                 iteration_log=not terminal,
                 epoch_log=True,
             )

@@ -210,7 +210,7 @@ def tracker(
         return None
     if role not in ("trainer", "validator", "evaluator"):
         raise ValueError(f"tracker role must be trainer, validator or evaluator, got {role!r}")
-    from monai.handlers import from_engine
+    from breastseg.workflows.harness import loss_value
 
     common = dict(
         tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=run_name, params=params, tags=tags
@@ -220,7 +220,7 @@ def tracker(
             iteration_log=_every(iteration_log_every),
             epoch_log=True,
             tag_name="train_loss",
-            output_transform=from_engine(["loss"], first=True),
+            output_transform=loss_value,
             artifacts=artifacts,
             close_on_complete=True,
             **common,

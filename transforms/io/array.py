@@ -32,7 +32,8 @@ def to_metatensor(array: np.ndarray, spacing: Sequence[float] | None, meta: dict
     """Wrap a ``(rows, cols)`` array as a ``(1, rows, cols)`` float32 ``MetaTensor`` with a spacing affine."""
     row_mm, col_mm = (float(s) for s in spacing) if spacing is not None else (1.0, 1.0)
     affine = torch.diag(torch.tensor([row_mm, col_mm, 1.0, 1.0], dtype=torch.float64))
-    meta = dict(meta)
+    # "" for a value the file does not state: None cannot be collated into a batch
+    meta = {key: "" if value is None else value for key, value in meta.items()}
     meta.update(
         spacing_known=spacing is not None,
         original_channel_dim="no_channel",
@@ -108,7 +109,8 @@ class LoadLesionMask(Transform):
         mask = load_lesion_mask(label, label_format, tuple(image.shape[1:]), image_path, self.inbreast_kinds)
         affine = image.affine.clone() if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
         meta = {k: v for k, v in image_meta.items() if k not in ("affine",)}
-        meta["filename_or_obj"] = label if isinstance(label, str) or label is None else list(map(str, label))
+        # one string whatever the number of mask files: lists of varying length cannot be collated
+        meta["filename_or_obj"] = label if isinstance(label, str) else "" if label is None else os.pathsep.join(map(str, label))
         meta["label_format"] = label_format
         tensor = torch.from_numpy(mask.astype(np.float32))[None]
         return MetaTensor(tensor, affine=affine, meta=meta)
