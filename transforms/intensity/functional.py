@@ -25,17 +25,22 @@ def histogram_equalize(
     if hi <= lo:
         return np.full(values.shape, out_min, dtype=np.float32)
     scale = num_bins / (hi - lo)
-    # position in units of bins, measured from the first bin centre (np.interp is ~20x slower on 13 Mpx)
-    position = (values - np.float32(lo)) * np.float32(scale) - np.float32(0.5)
-    index = np.clip(position + np.float32(0.5), 0, num_bins - 1).astype(np.intp)
+    # in place, int32 indices and table look-ups: np.interp is ~20x slower on a 13-Mpx mammogram
+    position = values - np.float32(lo)
+    position *= np.float32(scale)  # in bin widths from the lower edge
+    index = position.astype(np.int32)
+    np.minimum(index, num_bins - 1, out=index)
     cum = np.bincount(index.ravel(), minlength=num_bins).cumsum().astype(np.float64)
     cum = (cum - cum[0]) / (cum[-1] - cum[0]) if cum[-1] > cum[0] else np.zeros_like(cum)
     cum = (cum * (out_max - out_min) + out_min).astype(np.float32)
+    position -= np.float32(0.5)  # now measured from the first bin centre, where MONAI interpolates
     np.clip(position, 0, num_bins - 1, out=position)
-    left = np.minimum(position.astype(np.intp), num_bins - 2) if num_bins > 1 else np.zeros_like(index)
-    position -= left
+    np.minimum(position.astype(np.int32, copy=False), max(num_bins - 2, 0), out=index)
+    position -= index
     step = np.append(np.diff(cum), np.float32(0))
-    return cum[left] + position * step[left]
+    position *= step[index]
+    position += cum[index]
+    return position
 
 
 def clahe(

@@ -157,13 +157,13 @@ def _to_presentation(stored: np.ndarray, ds, apply_voi: bool) -> np.ndarray:
         out = apply_modality_lut(values, ds)
         if apply_voi:
             out = apply_voi_lut(out, ds, prefer_lut=True)
-        return np.asarray(out, dtype=np.float64)
+        return out
 
-    values = pipeline(stored)
+    values = np.asarray(pipeline(stored), dtype=np.float32)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        ends = pipeline(_stored_range(ds))
-        values = ends.min() + ends.max() - values
-    return values.astype(np.float32)
+        ends = np.asarray(pipeline(_stored_range(ds)), dtype=np.float64)
+        values = np.float32(ends.min() + ends.max()) - values
+    return values
 
 
 def read_dicom(path: str | os.PathLike, apply_voi: bool = False, decoding_plugin: str = "") -> DicomImage:

@@ -188,10 +188,16 @@ def lesion_boxes(
     mask = np.asarray(convert_to_dst_type(label, np.zeros(1))[0])
     mask = (mask[0] if mask.ndim == 3 else mask) > 0
     rows, cols = mask.shape
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    any_rows, any_cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if any_rows.size == 0:
+        return []
+    # components are searched only inside the labels' bounding box: masks are sparse on a full mammogram
+    r_off, c_off = int(any_rows[0]), int(any_cols[0])
+    window = mask[r_off : any_rows[-1] + 1, c_off : any_cols[-1] + 1]
+    count, _, stats, _ = cv2.connectedComponentsWithStats(window.astype(np.uint8), connectivity=8)
     boxes = []
     for index in range(1, count):
-        top, left = stats[index, cv2.CC_STAT_TOP], stats[index, cv2.CC_STAT_LEFT]
+        top, left = stats[index, cv2.CC_STAT_TOP] + r_off, stats[index, cv2.CC_STAT_LEFT] + c_off
         height, width = stats[index, cv2.CC_STAT_HEIGHT], stats[index, cv2.CC_STAT_WIDTH]
         side = max(int(round(max(height, width) * (1 + 2 * margin))), min_size)
         box = []
