@@ -115,6 +115,32 @@ def loss_value(output: Any) -> float:
     return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
+class EpochLossAverage:
+    """The mean training loss of each epoch as ``engine.state.metrics["train_epoch_loss"]``.
+
+    The trainer computes no metric (for speed), so this is what epoch-level logs and MLflow show.
+    """
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        if not engine.has_event_handler(self.reset, Events.EPOCH_STARTED):
+            engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.complete)
+
+    def reset(self, engine: Any) -> None:
+        self.total, self.count = 0.0, 0
+
+    def update(self, engine: Any) -> None:
+        self.total += loss_value(engine.state.output)
+        self.count += 1
+
+    def complete(self, engine: Any) -> None:
+        if self.count:
+            engine.state.metrics["train_epoch_loss"] = self.total / self.count
+
+
 def _on_terminal() -> bool:
     return sys.stderr.isatty()
 
@@ -222,7 +248,7 @@ def build_trainer(
     """The harness trainer: ``SupervisedTrainer`` without decollation, post-transforms or metrics."""
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
-    handlers = [NonFiniteLossGuard(), *_handler_list(train_handlers)]
+    handlers = [NonFiniteLossGuard(), EpochLossAverage(), *_handler_list(train_handlers)]
     return SupervisedTrainer(
         device=torch.device(device),
         max_epochs=int(max_epochs),

@@ -1,0 +1,213 @@
+"""The UNet++ bundle through the real ``python -m monai.bundle`` CLI, tracked by a real MLflow server.
+
+One module-scoped training (2 epochs on a tiny synthetic CBIS-DDSM copy, 32x32 ROIs) feeds the checks
+of the registry, evaluation, resume, inference and the model-zoo bundle checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from breastseg.workflows.data.synthetic import cbis_ddsm
+from mlflow_server import free_port, running_mlflow_server
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundles" / "unetplusplus_mammo"
+TRAIN = str(BUNDLE / "configs" / "train.json")
+EVALUATE = str(BUNDLE / "configs" / "evaluate.json")
+INFERENCE = str(BUNDLE / "configs" / "inference.json")
+METADATA = str(BUNDLE / "configs" / "metadata.json")
+EXPERIMENT = "breastseg-unetplusplus_mammo"
+SMALL = ["--image_size", "32", "--batch_size", "4", "--val_fraction", "0.2", "--test_fraction", "0.2"]
+
+
+def bundle_cli(*args: str, tracking_uri: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", OMP_NUM_THREADS="1")
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    data = root / "cbis"
+    cbis_ddsm.generate(data, cases=6, seed=0, full_size=False, rows=256)
+    with running_mlflow_server(root / "mlflow") as (uri, server):
+        yield {"root": root, "data": data, "uri": uri, "server": server}
+
+
+def common(ws) -> list[str]:
+    return ["--dataset_dir", str(ws["data"]), "--output_dir", str(ws["root"] / "out"), "--ckpt_dir", str(ws["root"] / "models"), *SMALL]
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
+    assert_ok(result)
+    return result
+
+
+def client(ws) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=ws["uri"])
+
+
+def runs(ws, workflow: str | None = None):
+    c = client(ws)
+    experiment = c.get_experiment_by_name(EXPERIMENT)
+    found = c.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return [r for r in found if workflow is None or f"-{workflow}-" in r.info.run_name]
+
+
+def test_training_writes_checkpoints_and_a_finished_run(workspace, trained):
+    models = workspace["root"] / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_last.pt").is_file()
+    last = torch.load(models / "checkpoint_last.pt", weights_only=True)
+    assert last["trainer"]["max_epochs"] == 2
+    (run,) = runs(workspace, "train")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["max_epochs"] == "2"
+    assert run.data.params["network"] == "unetplusplus"
+    assert run.data.tags["paper"] == "001" and run.data.tags["dataset"] == "cbis-ddsm"
+    history = client(workspace).get_metric_history(run.info.run_id, "val_mean_dice")
+    assert [m.step for m in history] == [1, 2]
+    assert [m.step for m in client(workspace).get_metric_history(run.info.run_id, "train_epoch_loss")] == [1, 2]
+
+
+def test_no_patient_identifier_reaches_mlflow(workspace, trained):
+    for run in runs(workspace):
+        values = list(run.data.params.values()) + list(run.data.tags.values())
+        assert not any("P_0" in value for value in values), run.info.run_name
+        assert not any("patient" in key.lower() for key in run.data.params)
+
+
+def test_best_model_is_registered_with_candidate_alias_and_runs(workspace, trained):
+    version = client(workspace).get_model_version_by_alias("unetplusplus_mammo", "candidate")
+    (run,) = runs(workspace, "train")
+    assert version.run_id == run.info.run_id
+    mlflow.set_tracking_uri(workspace["uri"])
+    model = mlflow.pyfunc.load_model("models:/unetplusplus_mammo@candidate")
+    probabilities = model.predict(np.random.rand(2, 1, 32, 32).astype(np.float32))
+    assert probabilities.shape == (2, 1, 32, 32)
+    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    weights = torch.load(workspace["root"] / "models" / "model.pt", weights_only=True)
+    served = model.unwrap_python_model().network.state_dict()
+    assert all(torch.equal(served[key], value) for key, value in weights.items())
+
+
+def test_evaluation_writes_reports_and_closes_its_run(workspace, trained):
+    result = bundle_cli("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}']", *common(workspace), tracking_uri=workspace["uri"])
+    assert_ok(result)
+    (run,) = runs(workspace, "evaluate")
+    assert run.info.status == "FINISHED"
+    eval_dir = workspace["root"] / "out" / "eval" / run.info.run_name
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["n_cases"] >= 1 and "dice" in summary["metrics"]
+    header = (eval_dir / "cases.csv").read_text().splitlines()[0].split(",")
+    assert {"case_id", "birads", "acr", "dice", "hd95_px", "hd95_mm", "status"} <= set(header)
+    artifacts = {a.path for a in client(workspace).list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/cases.csv" in artifacts and "evaluation/confusion_matrix.png" in artifacts
+    shared = client(workspace).download_artifacts(run.info.run_id, "evaluation/cases.csv", str(workspace["root"] / "dl"))
+    shared_header = Path(shared).read_text().splitlines()[0].split(",")
+    assert "case_id" not in shared_header and "patient_id" not in shared_header and "case_key" in shared_header
+
+
+def test_resume_continues_from_the_last_checkpoint(workspace, trained):
+    result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "3", "--resume", *common(workspace), tracking_uri=workspace["uri"])
+    assert_ok(result)
+    assert "resumed from" in result.stdout + result.stderr
+    last = torch.load(workspace["root"] / "models" / "checkpoint_last.pt", weights_only=True)
+    first_run_iterations = 2 * last["trainer"]["epoch_length"]
+    assert last["trainer"]["iteration"] == first_run_iterations + last["trainer"]["epoch_length"]
+    resumed = runs(workspace, "train")[-1]
+    assert [m.step for m in client(workspace).get_metric_history(resumed.info.run_id, "val_mean_dice")] == [3]
+
+
+def test_monai_tracking_flag_creates_no_second_run(workspace, trained):
+    before = len(runs(workspace))
+    result = bundle_cli(
+        "run", "training", "--config_file", TRAIN, "--max_epochs", "1", "--tracking", "mlflow", *common(workspace),
+        "--ckpt_dir", str(workspace["root"] / "models_tracking"), tracking_uri=workspace["uri"],
+    )
+    assert_ok(result)
+    after = runs(workspace)
+    assert len(after) == before + 1
+    history = client(workspace).get_metric_history(after[-1].info.run_id, "val_mean_dice")
+    assert len(history) == 1  # logged once, not once per handler
+
+
+def test_unknown_override_key_is_refused(workspace):
+    result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epoch", "2", *common(workspace))
+    assert result.returncode != 0
+    assert "unknown override --max_epoch" in result.stderr
+
+
+def test_override_of_wrong_type_is_refused(workspace):
+    result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "two", *common(workspace))
+    assert result.returncode != 0
+    assert "--max_epochs" in result.stderr and "int" in result.stderr
+
+
+def test_unreachable_tracking_server_fails_with_a_clear_error(workspace):
+    result = bundle_cli("run", "training", "--config_file", TRAIN, *common(workspace), tracking_uri=f"http://127.0.0.1:{free_port()}", timeout=120)
+    assert result.returncode != 0
+    assert "cannot be reached" in result.stderr
+
+
+def test_inference_writes_masks_aligned_with_the_images(workspace, trained, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = next((workspace["data"]).rglob("*full mammogram images*/1-1.dcm"))
+    (images / "mammogram.dcm").write_bytes(source.read_bytes())
+    result = bundle_cli(
+        "run", "inference", "--config_file", INFERENCE, "--dataset_dir", str(images), "--output_dir", str(tmp_path / "masks"),
+        "--ckpt_dir", str(workspace["root"] / "models"), "--image_size", "32",
+    )
+    assert_ok(result)
+    import pydicom
+    from PIL import Image
+
+    rows, cols = pydicom.dcmread(source, stop_before_pixels=True)[0x00280010].value, pydicom.dcmread(source, stop_before_pixels=True)[0x00280011].value
+    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_mask.png"))
+    assert mask.shape == (rows, cols)
+    assert set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / "masks" / "mammogram_mask.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("schema", ["meta_schema_20240725.json", "meta_schema_20220324.json"])
+def test_metadata_passes_the_model_zoo_schema(schema):
+    result = bundle_cli("verify_metadata", "--meta_file", METADATA, "--filepath", str(ROOT / "tests" / "schemas" / schema))
+    assert_ok(result)
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+def test_network_input_output_matches_metadata():
+    result = bundle_cli("verify_net_in_out", "--net_id", "network_def", "--meta_file", METADATA, "--config_file", INFERENCE)
+    assert_ok(result)
+    assert "verified with no error" in result.stdout + result.stderr
+
+
+def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
+    target = tmp_path / "model.ts"
+    result = bundle_cli(
+        "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(workspace["root"] / "models" / "model.pt"),
+        "--meta_file", METADATA, "--config_file", INFERENCE,
+    )
+    assert_ok(result)
+    scripted = torch.jit.load(str(target))
+    assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
