@@ -121,10 +121,14 @@ def prepare_datalist(
     return datalist
 
 
-def select_records(datalist: dict[str, Any], split: str, fold: int | None = None) -> list[dict[str, Any]]:
+def select_records(
+    datalist: dict[str, Any], split: str, fold: int | None = None, lesions_only: bool = False
+) -> list[dict[str, Any]]:
     """The pipeline part of the records of ``split`` ("training", "validation" or "test").
 
     With ``fold`` set (K-fold runs), training/validation come from the records' ``fold`` field.
+    ``lesions_only`` keeps images with at least one annotated lesion: chains that crop one patch per
+    lesion (papers 001, 002) have nothing to segment on a normal image.
     """
     if fold is not None and fold >= 0 and split in ("training", "validation"):
         from breastseg.workflows.data.datalist import fold_split
@@ -135,6 +139,8 @@ def select_records(datalist: dict[str, Any], split: str, fold: int | None = None
         if split not in datalist:
             raise KeyError(f"datalist has no split {split!r}; it has {[k for k in ('training', 'validation', 'test') if k in datalist]}")
         records = datalist[split]
+    if lesions_only:
+        records = [record for record in records if (record.get("lesion_count") or 0) > 0]
     return [{key: record.get(key) for key in PIPELINE_KEYS} for record in records]
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from breastseg.workflows.demo import bundle_command, latest_summary, run_step
+from breastseg.workflows.demo import bundle_command, format_stats, latest_summary, run_step
 from breastseg.workflows.tracking import PROJECT_ROOT
 
 __all__ = ["run_cross_validation"]
@@ -49,8 +49,8 @@ def run_cross_validation(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=4))
     print(f"\n=== {folds}-fold cross-validation of {bundle} on {dataset} ===")
-    for name, stats in result.items():
+    for name, stats in result.get("metrics", result).items():
         if isinstance(stats, dict) and "mean" in stats:
-            print(f"  {name:<12} {stats['mean']:.4f} ± {stats.get('sd', float('nan')):.4f}")
+            print(f"  {name:<12} {format_stats(stats)}")
     print(f"written to {out}")
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +17,30 @@ from typing import Sequence
 
 from breastseg.workflows.tracking import PROJECT_ROOT
 
-__all__ = ["DEMO_OVERRIDES", "bundle_command", "latest_summary", "run_demo", "run_step"]
+__all__ = ["DEMO_OVERRIDES", "bundle_command", "format_stats", "latest_summary", "run_demo", "run_step"]
 
 #: overrides that fit the main job into a few minutes on 2 CPU cores (see the bundle docs); the
 #: bundle's own defaults are the paper's
 DEMO_OVERRIDES: dict[str, dict[str, str]] = {
-    "unetplusplus_mammo": {"max_epochs": "12", "batch_size": "8", "image_size": "128"},
+    "unetplusplus_mammo": {"max_epochs": "12", "batch_size": "8", "image_size": "64"},
 }
+
+
+def format_stats(stats: dict) -> str:
+    """``mean ± sd (n=...)``, or why there is no value (e.g. mm distances without a known spacing)."""
+    if stats.get("mean") is None:
+        return f"undefined (n={stats.get('n', 0)}, {stats.get('n_undefined', 0)} case(s) without a value)"
+    sd = stats.get("sd")
+    return f"{stats['mean']:.4f} ± {sd:.4f} (n={stats.get('n')})" if sd is not None else f"{stats['mean']:.4f} (n={stats.get('n')})"
+
+
+def _display(part: str) -> str:
+    return part if re.fullmatch(r"[\w@%+=:,./-]+", part) else '"' + part + '"'
 
 
 def bundle_command(run_id: str, config_files: Sequence[Path], overrides: dict[str, str]) -> list[str]:
     """``python -m monai.bundle run <run_id> --config_file ... --key value ...``."""
-    files = [str(f) for f in config_files]
+    files = [os.path.relpath(f, PROJECT_ROOT) for f in config_files]
     config_arg = files[0] if len(files) == 1 else "[" + ",".join(repr(f) for f in files) + "]"
     command = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_arg]
     for key, value in overrides.items():
@@ -37,7 +49,7 @@ def bundle_command(run_id: str, config_files: Sequence[Path], overrides: dict[st
 
 
 def run_step(command: list[str], cwd: Path) -> None:
-    print("\n$ " + " ".join(shlex.quote(part) for part in command[1:]).replace("-m monai.bundle", "python -m monai.bundle", 1), flush=True)
+    print("\n$ python " + " ".join(_display(part) for part in command[1:]), flush=True)
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", ORT_DISABLE_TELEMETRY="1")
     completed = subprocess.run(command, cwd=cwd, env=env)
     if completed.returncode != 0:
@@ -68,8 +80,7 @@ def run_demo(bundle: str = "unetplusplus_mammo", max_epochs: int | None = None, 
     summary = json.loads(summary_file.read_text())
     print("\n=== test metrics (" + bundle + ", synthetic " + dataset + ") ===")
     for name, stats in summary.get("metrics", {}).items():
-        if isinstance(stats, dict) and "mean" in stats:
-            print(f"  {name:<12} {stats['mean']:.4f} ± {stats.get('sd', float('nan')):.4f} (n={stats.get('n')})")
+        print(f"  {name:<12} {format_stats(stats)}")
     print(f"\nper-case CSV, summary and plots: {summary_file.parent}")
     print(f"best model: {bundle_root / 'models' / 'model.pt'}")
     print(f"MLflow store: {os.environ.get('MLFLOW_TRACKING_URI') or root / 'mlflow' / 'mlruns.db'}"

@@ -74,8 +74,12 @@ def _spacing_of(image: Any) -> list[list[float]] | None:
 
 
 def pred_label_spacing(output: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """``(pred, label, spacing)`` of a batched engine output (spacing from the label's affine)."""
-    return output["pred"], output["label"], _spacing_of(output["label"])
+    """``(pred, label, spacing)`` of a batched engine output (spacing from the label's affine).
+
+    The masks are handed over as ``bool``: finding their bounding box is then ~3x cheaper than on
+    float32 (``benchmarks/hd95.py --dtype``).
+    """
+    return output["pred"] > 0.5, output["label"] > 0.5, _spacing_of(output["label"])
 
 
 def key_metric(name: str = "val_mean_dice") -> dict[str, Any]:

@@ -13,6 +13,7 @@ Load a registered model::
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ __all__ = ["BundleModel", "log_bundle_model", "RegisterBestModel", "CANDIDATE_AL
 
 logger = logging.getLogger("breastseg.registry")
 CANDIDATE_ALIAS = "candidate"
+#: overrides of ``inference.json`` recording how the registered weights were trained
+TRAINED_WITH = "trained_with.json"
 _BUNDLE_PARTS = ("configs", "docs", "LICENSE")
 
 
@@ -41,19 +44,22 @@ class BundleModel(mlflow.pyfunc.PythonModel):
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "inference.json"))
         parser["bundle_root"] = str(bundle)
+        trained_with = bundle / "configs" / TRAINED_WITH
+        if trained_with.is_file():  # the network settings the weights were trained with
+            parser.update(json.loads(trained_with.read_text()))
         self.network = parser.get_parsed_content("network_def")
         state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
         self.network.load_state_dict(state)
         self.network.eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema
         images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
             logits = self.network(images)
         return torch.sigmoid(logits).numpy()
 
 
-def _stage_bundle(bundle_root: Path, weights: Path, staging: Path) -> Path:
+def _stage_bundle(bundle_root: Path, weights: Path, staging: Path, network_settings: dict[str, Any] | None) -> Path:
     target = staging / bundle_root.name
     for part in _BUNDLE_PARTS:
         source = bundle_root / part
@@ -64,6 +70,8 @@ def _stage_bundle(bundle_root: Path, weights: Path, staging: Path) -> Path:
             shutil.copy2(source, target / part)
     (target / "models").mkdir(parents=True, exist_ok=True)
     shutil.copy2(weights, target / "models" / "model.pt")
+    if network_settings:
+        (target / "configs" / TRAINED_WITH).write_text(json.dumps(network_settings, indent=4))
     return target
 
 
@@ -75,6 +83,7 @@ def log_bundle_model(
     input_shape: tuple[int, ...],
     tracking_uri: str | None = None,
     alias: str = CANDIDATE_ALIAS,
+    network_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Log the bundle with ``weights`` as the run's model, register it as ``model_name`` and set ``alias``.
 
@@ -87,7 +96,7 @@ def log_bundle_model(
         mlflow.set_tracking_uri(tracking_uri)
     example = np.zeros((1, *input_shape), dtype=np.float32)
     with tempfile.TemporaryDirectory() as staging:
-        staged = _stage_bundle(bundle_root, weights, Path(staging))
+        staged = _stage_bundle(bundle_root, weights, Path(staging), network_settings)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -113,6 +122,8 @@ class RegisterBestModel:
         weights: the best checkpoint (``models/model.pt``).
         model_name: registered model name (the bundle's name).
         input_shape: ``(C, H, W)`` of one network input, for the model signature.
+        network_settings: the config values the network was built with (``network``,
+            ``network_kwargs``, ...), stored in the logged bundle so it rebuilds the same network.
         enabled: ``False`` on non-zero DDP ranks.
     """
 
@@ -123,9 +134,11 @@ class RegisterBestModel:
         weights: str | Path,
         model_name: str,
         input_shape: tuple[int, ...],
+        network_settings: dict[str, Any] | None = None,
         enabled: bool = True,
     ) -> None:
         self.tracker = tracker
+        self.network_settings = network_settings
         self.bundle_root = bundle_root
         self.weights = weights
         self.model_name = model_name
@@ -144,7 +157,13 @@ class RegisterBestModel:
             return
         try:
             self.result = log_bundle_model(
-                run_id, self.bundle_root, self.weights, self.model_name, self.input_shape, self.tracker.client.tracking_uri
+                run_id,
+                self.bundle_root,
+                self.weights,
+                self.model_name,
+                self.input_shape,
+                self.tracker.client.tracking_uri,
+                network_settings=self.network_settings,
             )
         except Exception as err:  # a lost server must not turn a finished training into a failure
             logger.warning("registering %s failed (%s: %s); the checkpoint is at %s", self.model_name, type(err).__name__, err, self.weights)
