@@ -96,6 +96,32 @@ def prepare_datalist(
     A datalist already in ``datalist_file`` is reused when it was made from the same folder and seed:
     resuming, evaluating and comparing bundles then use the identical split.
     """
+    import torch.distributed as dist
+
+    from breastseg.workflows.data.datalist import load_datalist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed and dist.get_rank() > 0:
+        dist.barrier()  # rank 0 indexes (and generates) once; the others read its datalist
+        return load_datalist(datalist_file)
+    datalist = _prepare_datalist(
+        dataset, dataset_dir, datalist_file, seed, folds, val_fraction, test_fraction, official_split
+    )
+    if distributed:
+        dist.barrier()
+    return datalist
+
+
+def _prepare_datalist(
+    dataset: str,
+    dataset_dir: str,
+    datalist_file: str,
+    seed: int,
+    folds: int,
+    val_fraction: float,
+    test_fraction: float,
+    official_split: bool,
+) -> dict[str, Any]:
     from breastseg.workflows.data.datalist import build_datalist, load_datalist, write_datalist
 
     root = Path(dataset_dir)

@@ -211,3 +211,18 @@ def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     assert_ok(result)
     scripted = torch.jit.load(str(target))
     assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_multi_gpu_config_trains_with_gloo_on_cpu(workspace):
+    out = workspace["root"] / "ddp"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=workspace["uri"], OMP_NUM_THREADS="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
+        "--config_file", f"['{TRAIN}','{str(BUNDLE / 'configs' / 'multi_gpu_train.json')}']", "--max_epochs", "1",
+        *common(workspace), "--output_dir", str(out), "--ckpt_dir", str(out / "models"),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert_ok(result)
+    assert (out / "models" / "model.pt").is_file() and (out / "models" / "checkpoint_last.pt").is_file()
+    state = torch.load(out / "models" / "model.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in state)  # saved without the DDP wrapper
