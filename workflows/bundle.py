@@ -128,9 +128,17 @@ def _prepare_datalist(
     target = Path(datalist_file)
     if target.is_file():
         existing = load_datalist(target)
-        if Path(existing["root"]).resolve() == root.resolve() and existing.get("seed") == seed:
+        split = existing.get("split", {})
+        wanted = {
+            "method": "official" if official_split else "grouped-random",
+            "folds": folds if folds > 1 else 0,
+            "val_fraction": val_fraction,
+            "test_fraction": None if official_split else test_fraction,
+        }
+        same_split = all(split.get(key) == value for key, value in wanted.items())
+        if Path(existing["root"]).resolve() == root.resolve() and existing.get("seed") == seed and same_split:
             return existing
-        logger.info("%s was made from another folder or seed: indexing %s again", target, root)
+        logger.info("%s was made from another folder, seed or split: indexing %s again", target, root)
     _ensure_synthetic(dataset, root, seed)
     datalist = build_datalist(
         dataset,

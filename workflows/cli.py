@@ -39,8 +39,19 @@ def _add_datalist(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--official-split", action="store_true", help="CBIS-DDSM: keep the official train/test split")
+    p.add_argument("--abnormality", choices=("mass", "calc", "both"), default=None,
+                   help="CBIS-DDSM: which description tables to index (default: mass, as the papers)")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any record is quarantined")
     p.set_defaults(func=_run_datalist)
+
+
+def index_options(args: argparse.Namespace) -> dict:
+    """Indexer options given on the command line (only those that apply to the dataset)."""
+    if args.abnormality is None:
+        return {}
+    if args.dataset != "cbis-ddsm":
+        raise SystemExit(f"--abnormality applies to cbis-ddsm only, not {args.dataset}")
+    return {"abnormality": args.abnormality}
 
 
 def _run_datalist(args: argparse.Namespace) -> int:
@@ -54,6 +65,7 @@ def _run_datalist(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         official_split=args.official_split,
+        **index_options(args),
     )
     write_datalist(datalist, args.out)
     print(format_summary(datalist))
