@@ -13,7 +13,6 @@ every bundle prepares its data the same way:
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -218,37 +217,49 @@ def _compatible(default: Any, given: Any) -> bool:
     return isinstance(given, type(default))
 
 
+def _literal(raw: str) -> Any:
+    """A command-line value as fire passes it on: a Python literal when it parses as one, else the string."""
+    import ast
+
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _cli_config(argv: Sequence[str] | None) -> tuple[Any, str, dict[str, Any]] | None:
+    """``(parser of the --config_file files, the --config_file value, {config id: override})`` of a
+    ``python -m monai.bundle`` command line, or ``None`` when it names no config file."""
+    from monai.bundle import ConfigParser
+
+    pairs = _override_pairs(sys.argv[1:] if argv is None else list(argv))
+    config_file = pairs.pop("config_file", None)
+    if config_file is None:
+        return None
+    files = _literal(config_file) if config_file.startswith("[") else config_file
+    parser = ConfigParser(ConfigParser.load_config_files(files))
+    overrides = {key: _literal(raw) for key, raw in pairs.items() if key not in _RUN_ARGUMENTS}
+    return parser, config_file, overrides
+
+
 def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     """Refuse a ``python -m monai.bundle run`` override whose key is unknown or whose type is wrong.
 
     MONAI adds an unknown key silently (a typo such as ``--max_epoch 2`` would train 100 epochs).
     The keys and default values come from the config files named by ``--config_file``.
     """
-    import ast
-
-    from monai.bundle import ConfigParser
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    pairs = _override_pairs(argv)
-    config_file = pairs.pop("config_file", None)
-    if config_file is None:
+    cli = _cli_config(argv)
+    if cli is None:
         return
-    files = ast.literal_eval(config_file) if config_file.startswith("[") else config_file
-    parser = ConfigParser(ConfigParser.load_config_files(files))
-    for key, raw in pairs.items():
-        if key in _RUN_ARGUMENTS:
-            continue
+    parser, config_file, overrides = cli
+    for key, given in overrides.items():
         config_id = key.replace("::", "#")
         if config_id not in parser:
             raise KeyError(f"unknown override --{key}: {config_file} has no config id {config_id!r}")
-        try:
-            given = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            given = raw
         default = parser[config_id]
         if not _compatible(default, given):
             raise TypeError(
-                f"override --{key} {raw!r} is a {_type_name(given)}, but {config_id!r} is a {_type_name(default)} "
+                f"override --{key} {given!r} is a {_type_name(given)}, but {config_id!r} is a {_type_name(default)} "
                 f"(default {default!r})"
             )
 
@@ -259,34 +270,15 @@ def run_config(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Expressions stay as written (``$...``); this is what is logged as the run's parameters. Empty when
     the process was not started through the bundle CLI.
     """
-    import ast
-
-    from monai.bundle import ConfigParser
-
-    pairs = _override_pairs(sys.argv[1:] if argv is None else list(argv))
-    config_file = pairs.pop("config_file", None)
-    if config_file is None:
+    cli = _cli_config(argv)
+    if cli is None:
         return {}
-    files = ast.literal_eval(config_file) if config_file.startswith("[") else config_file
-    parser = ConfigParser(ConfigParser.load_config_files(files))
-    for key, raw in pairs.items():
-        if key in _RUN_ARGUMENTS:
-            continue
-        try:
-            parser[key.replace("::", "#")] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            parser[key.replace("::", "#")] = raw
+    parser, _, overrides = cli
+    for key, value in overrides.items():
+        parser[key.replace("::", "#")] = value
     config = parser.get()
     config.pop("imports", None)
     return config
-
-
-def dump_json(obj: Any, path: str | Path) -> str:
-    """Write ``obj`` as indented JSON (parents created); return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=4, default=str))
-    return str(path)
 
 
 def split_tag(datalist: dict[str, Any], fold: int | None = None) -> str:
