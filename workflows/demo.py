@@ -8,6 +8,7 @@ the registered model.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -28,10 +29,13 @@ DEMO_OVERRIDES: dict[str, dict[str, str]] = {
 
 def format_stats(stats: dict) -> str:
     """``mean ± sd (n=...)``, or why there is no value (e.g. mm distances without a known spacing)."""
-    if stats.get("mean") is None:
-        return f"undefined (n={stats.get('n', 0)}, {stats.get('n_undefined', 0)} case(s) without a value)"
-    sd = stats.get("sd")
-    return f"{stats['mean']:.4f} ± {sd:.4f} (n={stats.get('n')})" if sd is not None else f"{stats['mean']:.4f} (n={stats.get('n')})"
+    count = stats.get("n", stats.get("n_folds"))
+    mean, sd = stats.get("mean"), stats.get("sd")
+    if mean is None or math.isnan(mean):
+        return f"undefined (no case with a value: pixel spacing unknown or no eligible case; n={count or 0})"
+    if sd is None or math.isnan(sd):
+        return f"{mean:.4f} (n={count})"
+    return f"{mean:.4f} ± {sd:.4f} (n={count})"
 
 
 def _display(part: str) -> str:
