@@ -95,6 +95,7 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--dataset", default="cbis-ddsm", choices=DATASETS)
     p.add_argument("--dataset-dir", default=None, help="real dataset folder (default: the synthetic copy)")
+    p.add_argument("--output-dir", default=None, help="folder of the folds' checkpoints and reports (default bundles/<b>/runs/<dataset>)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override, repeatable")
     p.set_defaults(func=_run_cv)
 
@@ -108,7 +109,7 @@ def _run_cv(args: argparse.Namespace) -> int:
         if not sep:
             raise SystemExit(f"--override expects KEY=VALUE, got {item!r}")
         overrides[key] = value
-    run_cross_validation(args.bundle, args.folds, args.dataset, args.dataset_dir, overrides)
+    run_cross_validation(args.bundle, args.folds, args.dataset, args.dataset_dir, overrides, args.output_dir)
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Every fold is trained and evaluated through the real ``monai.bundle`` CLI with the same datalist
 (``--folds K --fold k``: the folds are grouped by patient and fixed by the seed); each fold's
-checkpoints go to ``models/fold_<k>``. The held-out fold is the evaluation split. The mean ± sd over
-folds is printed and written to ``runs/<dataset>/crossval_<K>fold.json``.
+checkpoints go to ``fold_<k>/models`` of the output folder. The held-out fold is the evaluation split. The mean ± sd over
+folds is printed and written to ``crossval_<K>fold.json`` in the output folder.
 """
 
 from __future__ import annotations
@@ -19,9 +19,18 @@ __all__ = ["run_cross_validation"]
 
 
 def run_cross_validation(
-    bundle: str, folds: int, dataset: str, dataset_dir: str | None = None, overrides: dict[str, str] | None = None
+    bundle: str,
+    folds: int,
+    dataset: str,
+    dataset_dir: str | None = None,
+    overrides: dict[str, str] | None = None,
+    output_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate ``folds`` folds of ``bundle``; return the mean ± sd summary."""
+    """Train and evaluate ``folds`` folds of ``bundle``; return the mean ± sd summary.
+
+    Everything goes under ``output_dir`` (default ``bundles/<bundle>/runs/<dataset>``): the datalist,
+    ``fold_<k>/models``, the evaluations and ``crossval_<K>fold.json``.
+    """
     from breastseg.workflows.reports import mean_sd_over_folds
 
     if folds < 2:
@@ -30,22 +39,23 @@ def run_cross_validation(
     configs = bundle_root / "configs"
     if not configs.is_dir():
         raise FileNotFoundError(f"no bundle {bundle!r} in {PROJECT_ROOT / 'bundles'}")
-    base = dict(overrides or {}, dataset=dataset, folds=str(folds))
+    out_root = Path(output_dir).resolve() if output_dir else bundle_root / "runs" / dataset
+    base = dict(overrides or {}, dataset=dataset, folds=str(folds), output_dir=str(out_root))
     if dataset_dir:
         base["dataset_dir"] = str(Path(dataset_dir).resolve())
     summaries = []
     for fold in range(folds):
-        fold_overrides = dict(base, fold=str(fold), ckpt_dir=str(bundle_root / "models" / f"fold_{fold}"))
+        fold_overrides = dict(base, fold=str(fold), ckpt_dir=str(out_root / f"fold_{fold}" / "models"))
         run_step(bundle_command("training", [configs / "train.json"], fold_overrides), PROJECT_ROOT)
         eval_overrides = {k: v for k, v in fold_overrides.items() if k != "max_epochs"}
         eval_overrides["eval_split"] = "validation"
         run_step(bundle_command("evaluating", [configs / "train.json", configs / "evaluate.json"], eval_overrides), PROJECT_ROOT)
-        summary_file = latest_summary(bundle_root, dataset)
+        summary_file = latest_summary(out_root / "eval")
         if summary_file is None:
             raise RuntimeError(f"fold {fold}: evaluation wrote no summary")
         summaries.append(json.loads(summary_file.read_text()))
     result = mean_sd_over_folds(summaries)
-    out = bundle_root / "runs" / dataset / f"crossval_{folds}fold.json"
+    out = out_root / f"crossval_{folds}fold.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=4))
     print(f"\n=== {folds}-fold cross-validation of {bundle} on {dataset} ===")

@@ -60,8 +60,9 @@ def run_step(command: list[str], cwd: Path) -> None:
         raise SystemExit(f"step failed with exit code {completed.returncode}: {' '.join(command)}")
 
 
-def latest_summary(bundle_root: Path, dataset: str) -> Path | None:
-    summaries = sorted((bundle_root / "runs" / dataset / "eval").glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+def latest_summary(eval_root: Path) -> Path | None:
+    """The newest ``summary.json`` of the evaluations under ``eval_root``."""
+    summaries = sorted(eval_root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
     return summaries[-1] if summaries else None
 
 
@@ -78,7 +79,7 @@ def run_demo(bundle: str = "unetplusplus_mammo", max_epochs: int | None = None, 
     run_step(bundle_command("training", [configs / "train.json"], overrides), root)
     eval_overrides = {k: v for k, v in overrides.items() if k != "max_epochs"}
     run_step(bundle_command("evaluating", [configs / "train.json", configs / "evaluate.json"], eval_overrides), root)
-    summary_file = latest_summary(bundle_root, dataset)
+    summary_file = latest_summary(bundle_root / "runs" / dataset / "eval")
     if summary_file is None:
         raise SystemExit(f"evaluation wrote no summary under {bundle_root / 'runs' / dataset / 'eval'}")
     summary = json.loads(summary_file.read_text())

@@ -226,3 +226,18 @@ def test_multi_gpu_config_trains_with_gloo_on_cpu(workspace):
     assert (out / "models" / "model.pt").is_file() and (out / "models" / "checkpoint_last.pt").is_file()
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in state)  # saved without the DDP wrapper
+
+
+def test_cross_validation_command_trains_every_fold_and_reports_mean_sd(workspace, tmp_path):
+    out = tmp_path / "cv"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'cv.db'}", OMP_NUM_THREADS="1")
+    command = [
+        str(Path(sys.executable).with_name("breastseg")), "cv", "--folds", "2", "--dataset-dir", str(workspace["data"]),
+        "--output-dir", str(out), "--override", "max_epochs=1", "--override", "image_size=32", "--override", "batch_size=4",
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert_ok(result)
+    report = json.loads((out / "crossval_2fold.json").read_text())
+    assert report["n_folds"] == 2 and report["metrics"]["dice"]["n_folds"] == 2
+    assert (out / "fold_0" / "models" / "model.pt").is_file() and (out / "fold_1" / "models" / "model.pt").is_file()
+    assert "2-fold cross-validation" in result.stdout
