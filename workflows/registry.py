@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 import numpy as np
@@ -75,6 +77,26 @@ def _stage_bundle(bundle_root: Path, weights: Path, staging: Path, network_setti
     return target
 
 
+@contextmanager
+def _tracking_uri(uri: str | None) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for a block, then restore the caller's setting (and the
+    ``MLFLOW_TRACKING_URI`` variable, which ``mlflow.set_tracking_uri`` also writes)."""
+    if not uri:
+        yield
+        return
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
 def log_bundle_model(
     run_id: str,
     bundle_root: str | Path,
@@ -92,10 +114,8 @@ def log_bundle_model(
     bundle_root, weights = Path(bundle_root), Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"no trained weights at {weights}: nothing to register")
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
     example = np.zeros((1, *input_shape), dtype=np.float32)
-    with tempfile.TemporaryDirectory() as staging:
+    with _tracking_uri(tracking_uri), tempfile.TemporaryDirectory() as staging:
         staged = _stage_bundle(bundle_root, weights, Path(staging), network_settings)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
@@ -107,7 +127,7 @@ def log_bundle_model(
                 registered_model_name=model_name,
             )
     version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     client.set_registered_model_alias(model_name, alias, version)
     logger.info("registered %s version %s as models:/%s@%s", model_name, version, model_name, alias)
     return {"model_uri": info.model_uri, "version": version, "alias_uri": f"models:/{model_name}@{alias}"}

@@ -96,11 +96,12 @@ def test_no_patient_identifier_reaches_mlflow(workspace, trained):
         assert not any("patient" in key.lower() for key in run.data.params)
 
 
-def test_best_model_is_registered_with_candidate_alias_and_runs(workspace, trained):
+def test_best_model_is_registered_with_candidate_alias_and_runs(workspace, trained, monkeypatch):
     version = client(workspace).get_model_version_by_alias("unetplusplus_mammo", "candidate")
     (run,) = runs(workspace, "train")
     assert version.run_id == run.info.run_id
-    mlflow.set_tracking_uri(workspace["uri"])
+    # the environment, not mlflow.set_tracking_uri: that one would outlive this test (and this server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
     model = mlflow.pyfunc.load_model("models:/unetplusplus_mammo@candidate")
     probabilities = model.predict(np.random.rand(2, 1, 32, 32).astype(np.float32))
     assert probabilities.shape == (2, 1, 32, 32)

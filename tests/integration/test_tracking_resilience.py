@@ -20,6 +20,7 @@ def _data() -> list[dict]:
 
 
 def test_server_lost_mid_run_warns_and_training_finishes(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would take priority over the handler's URI
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     net = torch.nn.Conv2d(1, 1, 3, padding=1)
