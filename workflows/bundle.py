@@ -37,7 +37,7 @@ __all__ = [
 logger = logging.getLogger("breastseg.bundle")
 
 #: record keys passed to the chains (everything else is metadata, kept for reports)
-PIPELINE_KEYS = ("image", "label", "label_format", "case_id")
+PIPELINE_KEYS = ("image", "label", "label_format", "case_id", "default_spacing")
 #: ``python -m monai.bundle run`` arguments that are not config overrides
 _RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "tracking", "args_file", "init_id", "run_id", "final_id"}
 

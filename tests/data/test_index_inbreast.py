@@ -51,7 +51,9 @@ class TestInbreastIndex(InbreastFixture):
         self.assertEqual(sum(r["lesion_count"] > 0 for r in records), 8)
         self.assertEqual(sum(r["label"] is not None for r in records), 10)
         flags = Counter(flag for r in records for flag in r["flags"])
-        self.assertEqual(flags, Counter({"normal": 4, "unknown-roi-name": 1, "xml-points-outside-image": 1}))
+        self.assertEqual(
+            flags, Counter({"normal": 4, "spacing-nominal": 2, "unknown-roi-name": 1, "xml-points-outside-image": 1})
+        )
         self.assertEqual(Counter((r["rows"], r["columns"]) for r in records), Counter({(160, 130): 6, (130, 100): 8}))
 
     def test_record_fields(self):
@@ -68,8 +70,11 @@ class TestInbreastIndex(InbreastFixture):
                 self.assertEqual((record["label_format"], record["roi_kinds"]), ("inbreast-xml", ["mass"]))
         self.assertEqual(sum(r["acr"] is None for r in records), 1)  # the blank (space-only) ACR cell
         self.assertEqual({type(r["birads"]) for r in records}, {str})
-        spacings = Counter(r["spacing"] is None for r in records)
-        self.assertEqual(spacings, Counter({False: 12, True: 2}))  # PixelSpacing, ImagerPixelSpacing, none
+        # PixelSpacing or ImagerPixelSpacing on 12 files; 2 state none and get INbreast's nominal 0.07 mm
+        nominal = [r for r in records if "spacing-nominal" in r["flags"]]
+        self.assertEqual(len(nominal), 2)
+        self.assertTrue(all(r["spacing"] == [0.07, 0.07] or tuple(r["spacing"]) == (0.07, 0.07) for r in nominal))
+        self.assertTrue(all(r["spacing"] is not None and r["default_spacing"] == [0.07, 0.07] for r in records))
 
     def test_mask_near_the_edge_of_a_small_image(self):
         record = next(r for r in index_dataset("inbreast", self.root).records if "xml-points-outside-image" in r["flags"])

@@ -151,3 +151,38 @@ class TestPydicomTestFiles(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def test_nominal_spacing_applies_only_when_the_file_states_none(tmp_path):
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from breastseg.transforms import LoadBreastImaged
+
+    def write(path, spacing):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID, "MG"
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 3, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        if spacing:
+            ds.PixelSpacing = list(spacing)
+        ds.PixelData = np.arange(12, dtype=np.uint16).reshape(4, 3).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+
+    write(tmp_path / "none.dcm", None)
+    write(tmp_path / "stated.dcm", (0.1, 0.2))
+    load = LoadBreastImaged("image")
+    nominal = load({"image": str(tmp_path / "none.dcm"), "default_spacing": [0.07, 0.07]})
+    assert "default_spacing" not in nominal
+    assert nominal["image"].meta["spacing_known"] and nominal["image"].meta["spacing_source"] == "dataset default"
+    assert np.allclose(np.diag(nominal["image"].affine.numpy())[:2], [0.07, 0.07])
+    stated = load({"image": str(tmp_path / "stated.dcm"), "default_spacing": [0.07, 0.07]})
+    assert np.allclose(np.diag(stated["image"].affine.numpy())[:2], [0.1, 0.2])
+    unknown = load({"image": str(tmp_path / "none.dcm"), "default_spacing": None})
+    assert not unknown["image"].meta["spacing_known"]

@@ -63,7 +63,7 @@ def test_datalist_is_reused_for_the_same_split_and_redone_for_another(tmp_path):
     train = select_records(folded, "training", fold=0)
     val = select_records(folded, "validation", fold=0)
     assert train and val and not {r["case_id"] for r in train} & {r["case_id"] for r in val}
-    assert set(train[0]) == {"image", "label", "label_format", "case_id"}
+    assert set(train[0]) == {"image", "label", "label_format", "case_id", "default_spacing"}
 
 
 def test_lesions_only_drops_images_without_a_lesion():

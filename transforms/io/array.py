@@ -69,17 +69,26 @@ class LoadBreastImage(Transform):
         self.apply_voi = apply_voi
         self.decoding_plugin = decoding_plugin
 
-    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+    def __call__(self, path: str | os.PathLike, default_spacing: Sequence[float] | None = None) -> MetaTensor:
+        """Read ``path``; ``default_spacing`` (row_mm, col_mm) applies only when the file states none
+        (a dataset's nominal pixel size, e.g. INbreast's 0.07 mm); ``spacing_source`` then says
+        ``"dataset default"``."""
         path = os.fspath(path)
         if path.lower().endswith(PIL_SUFFIXES):
             meta = {"filename_or_obj": path, "modality": None, "spacing_source": None}
-            return to_metatensor(read_png(path), None, meta)
-        if self.reader == "itk":
-            image = read_dicom_itk(path)
+            spacing = None
         else:
-            image = read_dicom(path, apply_voi=self.apply_voi, decoding_plugin=self.decoding_plugin)
-        meta = {k: v for k, v in image.meta.items() if k != "spacing"}
-        return to_metatensor(image.array, image.meta["spacing"], meta)
+            if self.reader == "itk":
+                image = read_dicom_itk(path)
+            else:
+                image = read_dicom(path, apply_voi=self.apply_voi, decoding_plugin=self.decoding_plugin)
+            meta = {k: v for k, v in image.meta.items() if k != "spacing"}
+            spacing = image.meta["spacing"]
+            if spacing is None and default_spacing is not None:
+                spacing = tuple(float(v) for v in default_spacing)
+                meta["spacing_source"] = "dataset default"
+            return to_metatensor(image.array, spacing, meta)
+        return to_metatensor(read_png(path), spacing, meta)
 
 
 class LoadLesionMask(Transform):

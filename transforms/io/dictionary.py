@@ -19,6 +19,8 @@ class LoadBreastImaged(MapTransform):
     Args:
         keys: keys holding image paths (usually ``"image"``).
         reader, apply_voi, decoding_plugin: see :class:`LoadBreastImage`.
+        default_spacing_key: sample key of a nominal ``(row_mm, col_mm)`` used when a file states no
+            spacing (datalist records of INbreast carry 0.07 mm); the key is consumed.
         allow_missing_keys: don't raise for missing keys.
     """
 
@@ -30,15 +32,18 @@ class LoadBreastImaged(MapTransform):
         reader: str = "pydicom",
         apply_voi: bool = False,
         decoding_plugin: str = "",
+        default_spacing_key: str = "default_spacing",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadBreastImage(reader=reader, apply_voi=apply_voi, decoding_plugin=decoding_plugin)
+        self.default_spacing_key = default_spacing_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        default_spacing = d.pop(self.default_spacing_key, None)  # None cannot travel into a batch
         for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
+            d[key] = self.loader(d[key], default_spacing=default_spacing)
         return d
 
 

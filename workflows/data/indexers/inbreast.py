@@ -41,6 +41,9 @@ from breastseg.workflows.data.records import IndexResult, parse_missing
 
 __all__ = ["DICOM_NAME", "TABLE_NAME", "index"]
 
+#: INbreast's detector pixel (Siemens MammoNovation, 70 µm): used when a DICOM states no spacing
+NOMINAL_SPACING_MM = (0.07, 0.07)
+
 logger = logging.getLogger(__name__)
 
 #: ``<FileName>_<case token>_MG_<side>_<view>_ANON.dcm``
@@ -202,6 +205,8 @@ def _record(
             flags.append("table-name-mismatch")
     birads = (row or {}).get("bi-rads")
     birads = birads.lower() if birads and _BIRADS.match(birads.lower()) else None
+    if header.spacing is None:
+        flags = flags + ["spacing-nominal"]
     record = {
         "image": str(path),
         "label": None,
@@ -217,7 +222,8 @@ def _record(
         "pathology": None,
         "subtlety": None,
         "lesion_count": 0,
-        "spacing": header.spacing,
+        "spacing": header.spacing or NOMINAL_SPACING_MM,
+        "default_spacing": list(NOMINAL_SPACING_MM),
         "rows": header.rows,
         "columns": header.columns,
         "flags": flags,
