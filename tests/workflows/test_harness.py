@@ -185,3 +185,27 @@ def test_key_metric_is_finite_on_blobs(tmp_path):
     trainer, evaluator, *_ = _engines(tmp_path, max_epochs=1)
     trainer.run()
     assert math.isfinite(evaluator.state.metrics["val_mean_dice"])
+
+
+def test_deep_supervision_heads_train_and_final_head_is_validated(tmp_path):
+    from breastseg.networks import build_network
+    from breastseg.networks.losses import dice_loss
+
+    net = build_network("unetplusplus", features=(4, 4, 4, 4, 4), norm="batch", dropout=0.0, deep_supervision=True)
+    net.train()
+    assert isinstance(net(torch.zeros(2, 1, 16, 16)), list)  # training: the list of heads reaches the loss
+    data = _blob_batchdata()
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
+    evaluator = build_evaluator(
+        "cpu", DataLoader(Dataset(data), batch_size=4), net, key_metric("val_mean_dice"), postprocessing=binary_postprocessing()
+    )
+    from monai.handlers import ValidationHandler
+
+    trainer = build_trainer(
+        "cpu", 2, DataLoader(Dataset(data), batch_size=4), net, optimizer, dice_loss(),
+        train_handlers=[ValidationHandler(validator=evaluator, interval=1, epoch_level=True)],
+    )
+    trainer.run()
+    assert math.isfinite(trainer.state.metrics["train_epoch_loss"])
+    assert evaluator.state.output["pred"].shape == (4, 1, 16, 16)  # eval(): one tensor, the final head
+    assert math.isfinite(evaluator.state.metrics["val_mean_dice"])
