@@ -1,8 +1,32 @@
 """Networks and losses of the breastseg bundles (paper 001: UNet++ and its U-Net / PSPNet / LinkNet baselines)."""
 
+from .aw_loss import AdaptiveWeightLoss, AWLoss
+from .bce_jaccard import BCEJaccardLoss, bce_jaccard_loss
+from .brems_net import (
+    BREMS_NET_VARIANTS,
+    RESNET50_STAGE_CHANNELS,
+    BoundaryFeatureAuxiliary,
+    BremsNet,
+    BReMSNet,
+    MultiScaleHybridDilated,
+    PredictionGuidedRefinement,
+    load_torchvision_resnet50_weights,
+)
+from .densenet_encoder import DENSENET121_SKIP_CHANNELS, DenseNet121Encoder, load_torchvision_densenet121_weights
 from .factory import NETWORK_REGISTRY, build_network, register_network
+from .hybrid_attention import (
+    ABLATION_VARIANTS,
+    GlobalSpatialAttention,
+    HybridAttentionNet,
+    HybridAttentionUNet,
+    LearnedPositionEncoding,
+    SpatialFeatureEnhancementBlock,
+    TransformerAttentionModule,
+    TransformerSelfAttention,
+)
 from .linknet import LinkNet, Linknet
 from .losses import WEIGHT_MODES, DeepSupervisionWrapper, dice_loss
+from .monai_baselines import monai_attention_unet, monai_basic_unet
 from .pspnet import PSPNet, PspNet
 from .resnet_encoder import RESNET34_STAGE_CHANNELS, ResNet34Encoder, load_torchvision_resnet34_weights
 from .unet import UNet, Unet
@@ -27,4 +51,29 @@ __all__ = [
     "DeepSupervisionWrapper",
     "dice_loss",
     "WEIGHT_MODES",
+    "BReMSNet",
+    "BremsNet",
+    "BREMS_NET_VARIANTS",
+    "MultiScaleHybridDilated",
+    "BoundaryFeatureAuxiliary",
+    "PredictionGuidedRefinement",
+    "RESNET50_STAGE_CHANNELS",
+    "load_torchvision_resnet50_weights",
+    "AWLoss",
+    "AdaptiveWeightLoss",
+    "HybridAttentionNet",
+    "HybridAttentionUNet",
+    "ABLATION_VARIANTS",
+    "SpatialFeatureEnhancementBlock",
+    "LearnedPositionEncoding",
+    "TransformerSelfAttention",
+    "GlobalSpatialAttention",
+    "TransformerAttentionModule",
+    "DenseNet121Encoder",
+    "DENSENET121_SKIP_CHANNELS",
+    "load_torchvision_densenet121_weights",
+    "BCEJaccardLoss",
+    "bce_jaccard_loss",
+    "monai_basic_unet",
+    "monai_attention_unet",
 ]
