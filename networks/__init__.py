@@ -1,17 +1,6 @@
 """Networks and losses of the breastseg bundles (paper 001: UNet++ and its U-Net / PSPNet / LinkNet baselines)."""
 
-from .aw_loss import AdaptiveWeightLoss, AWLoss
 from .bce_jaccard import BCEJaccardLoss, bce_jaccard_loss
-from .brems_net import (
-    BREMS_NET_VARIANTS,
-    RESNET50_STAGE_CHANNELS,
-    BoundaryFeatureAuxiliary,
-    BremsNet,
-    BReMSNet,
-    MultiScaleHybridDilated,
-    PredictionGuidedRefinement,
-    load_torchvision_resnet50_weights,
-)
 from .densenet_encoder import DENSENET121_SKIP_CHANNELS, DenseNet121Encoder, load_torchvision_densenet121_weights
 from .factory import NETWORK_REGISTRY, build_network, register_network
 from .hybrid_attention import (
@@ -51,16 +40,6 @@ __all__ = [
     "DeepSupervisionWrapper",
     "dice_loss",
     "WEIGHT_MODES",
-    "BReMSNet",
-    "BremsNet",
-    "BREMS_NET_VARIANTS",
-    "MultiScaleHybridDilated",
-    "BoundaryFeatureAuxiliary",
-    "PredictionGuidedRefinement",
-    "RESNET50_STAGE_CHANNELS",
-    "load_torchvision_resnet50_weights",
-    "AWLoss",
-    "AdaptiveWeightLoss",
     "HybridAttentionNet",
     "HybridAttentionUNet",
     "ABLATION_VARIANTS",
