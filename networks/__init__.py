@@ -2,6 +2,17 @@
 
 from .bce_jaccard import BCEJaccardLoss, bce_jaccard_loss
 from .densenet_encoder import DENSENET121_SKIP_CHANNELS, DenseNet121Encoder, load_torchvision_densenet121_weights
+from .aw_loss import AdaptiveWeightLoss, AWLoss
+from .brems_net import (
+    BREMS_NET_VARIANTS,
+    RESNET50_STAGE_CHANNELS,
+    BoundaryFeatureAuxiliary,
+    BremsNet,
+    BReMSNet,
+    MultiScaleHybridDilated,
+    PredictionGuidedRefinement,
+    load_torchvision_resnet50_weights,
+)
 from .factory import NETWORK_REGISTRY, build_network, register_network
 from .hybrid_attention import (
     ABLATION_VARIANTS,
@@ -40,6 +51,16 @@ __all__ = [
     "DeepSupervisionWrapper",
     "dice_loss",
     "WEIGHT_MODES",
+    "BReMSNet",
+    "BremsNet",
+    "BREMS_NET_VARIANTS",
+    "MultiScaleHybridDilated",
+    "BoundaryFeatureAuxiliary",
+    "PredictionGuidedRefinement",
+    "RESNET50_STAGE_CHANNELS",
+    "load_torchvision_resnet50_weights",
+    "AWLoss",
+    "AdaptiveWeightLoss",
     "HybridAttentionNet",
     "HybridAttentionUNet",
     "ABLATION_VARIANTS",

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .brems_net import BReMSNet
 from .hybrid_attention import HybridAttentionNet
 from .linknet import LinkNet
 from .monai_baselines import monai_attention_unet, monai_basic_unet
@@ -21,6 +22,7 @@ NETWORK_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
     "pspnet": PSPNet,
     "linknet": LinkNet,
+    "brems_net": BReMSNet,
     "hybrid_attention": HybridAttentionNet,
     "basic_unet": monai_basic_unet,
     "attention_unet": monai_attention_unet,
