@@ -31,6 +31,13 @@ from .pspnet import PSPNet, PspNet
 from .resnet_encoder import RESNET34_STAGE_CHANNELS, ResNet34Encoder, load_torchvision_resnet34_weights
 from .unet import UNet, Unet
 from .unetplusplus import NestedUNet, UNetPlusPlus, UnetPlusPlus
+from .v19unetplusplus import (
+    VGG19_BLOCK_CHANNELS,
+    VGG19_CONVS_PER_BLOCK,
+    V19UNetPlusPlus,
+    V19UnetPlusPlus,
+    load_torchvision_vgg19_weights,
+)
 
 __all__ = [
     "NETWORK_REGISTRY",
@@ -76,4 +83,9 @@ __all__ = [
     "bce_jaccard_loss",
     "monai_basic_unet",
     "monai_attention_unet",
+    "V19UNetPlusPlus",
+    "V19UnetPlusPlus",
+    "VGG19_BLOCK_CHANNELS",
+    "VGG19_CONVS_PER_BLOCK",
+    "load_torchvision_vgg19_weights",
 ]

@@ -13,6 +13,7 @@ from .monai_baselines import monai_attention_unet, monai_basic_unet
 from .pspnet import PSPNet
 from .unet import UNet
 from .unetplusplus import UNetPlusPlus
+from .v19unetplusplus import V19UNetPlusPlus
 
 __all__ = ["NETWORK_REGISTRY", "register_network", "build_network"]
 
@@ -26,6 +27,7 @@ NETWORK_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "hybrid_attention": HybridAttentionNet,
     "basic_unet": monai_basic_unet,
     "attention_unet": monai_attention_unet,
+    "v19unetplusplus": V19UNetPlusPlus,
 }
 
 
