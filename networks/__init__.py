@@ -38,6 +38,19 @@ from .v19unetplusplus import (
     V19UnetPlusPlus,
     load_torchvision_vgg19_weights,
 )
+from .yolo_loss import YOLOv3Loss, YoloV3Loss, assign_targets
+from .yolov3 import (
+    COCO_ANCHORS,
+    DARKNET53_STAGE_CHANNELS,
+    DARKNET53_STAGE_UNITS,
+    YOLO_STRIDES,
+    Darknet53,
+    YOLOv3,
+    YoloV3,
+    decode_boxes,
+    decode_head,
+    validate_anchors,
+)
 
 __all__ = [
     "NETWORK_REGISTRY",
@@ -88,4 +101,17 @@ __all__ = [
     "VGG19_BLOCK_CHANNELS",
     "VGG19_CONVS_PER_BLOCK",
     "load_torchvision_vgg19_weights",
+    "YOLOv3",
+    "YoloV3",
+    "Darknet53",
+    "COCO_ANCHORS",
+    "YOLO_STRIDES",
+    "DARKNET53_STAGE_CHANNELS",
+    "DARKNET53_STAGE_UNITS",
+    "decode_boxes",
+    "decode_head",
+    "validate_anchors",
+    "YOLOv3Loss",
+    "YoloV3Loss",
+    "assign_targets",
 ]

@@ -14,6 +14,7 @@ from .pspnet import PSPNet
 from .unet import UNet
 from .unetplusplus import UNetPlusPlus
 from .v19unetplusplus import V19UNetPlusPlus
+from .yolov3 import YOLOv3
 
 __all__ = ["NETWORK_REGISTRY", "register_network", "build_network"]
 
@@ -28,6 +29,7 @@ NETWORK_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "basic_unet": monai_basic_unet,
     "attention_unet": monai_attention_unet,
     "v19unetplusplus": V19UNetPlusPlus,
+    "yolov3": YOLOv3,
 }
 
 
