@@ -1,8 +1,8 @@
 """Networks and losses of the breastseg bundles (paper 001: UNet++ and its U-Net / PSPNet / LinkNet baselines)."""
 
-from .bce_jaccard import BCEJaccardLoss, bce_jaccard_loss
-from .densenet_encoder import DENSENET121_SKIP_CHANNELS, DenseNet121Encoder, load_torchvision_densenet121_weights
 from .aw_loss import AdaptiveWeightLoss, AWLoss
+from .bce_jaccard import BCEJaccardLoss, bce_jaccard_loss
+from .connected_unets import CONNECTED_UNETS_VARIANTS, ConnectedUNets, ConnectedUnets, ConvReluNormBlock, SumASPP
 from .brems_net import (
     BREMS_NET_VARIANTS,
     RESNET50_STAGE_CHANNELS,
@@ -13,6 +13,7 @@ from .brems_net import (
     PredictionGuidedRefinement,
     load_torchvision_resnet50_weights,
 )
+from .densenet_encoder import DENSENET121_SKIP_CHANNELS, DenseNet121Encoder, load_torchvision_densenet121_weights
 from .factory import NETWORK_REGISTRY, build_network, register_network
 from .hybrid_attention import (
     ABLATION_VARIANTS,
@@ -27,6 +28,7 @@ from .hybrid_attention import (
 from .linknet import LinkNet, Linknet
 from .losses import WEIGHT_MODES, DeepSupervisionWrapper, dice_loss
 from .monai_baselines import monai_attention_unet, monai_basic_unet
+from .multires import ConvBN, MultiResBlock, ResPath, ShiftBatchNorm, keras_style_parameter_count, multires_widths
 from .pspnet import PSPNet, PspNet
 from .resnet_encoder import RESNET34_STAGE_CHANNELS, ResNet34Encoder, load_torchvision_resnet34_weights
 from .unet import UNet, Unet
@@ -53,6 +55,17 @@ from .yolov3 import (
 )
 
 __all__ = [
+    "ConnectedUNets",
+    "ConnectedUnets",
+    "CONNECTED_UNETS_VARIANTS",
+    "SumASPP",
+    "ConvReluNormBlock",
+    "MultiResBlock",
+    "ResPath",
+    "ConvBN",
+    "ShiftBatchNorm",
+    "multires_widths",
+    "keras_style_parameter_count",
     "NETWORK_REGISTRY",
     "build_network",
     "register_network",

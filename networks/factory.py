@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from .brems_net import BReMSNet
+from .connected_unets import ConnectedUNets
 from .hybrid_attention import HybridAttentionNet
 from .linknet import LinkNet
 from .monai_baselines import monai_attention_unet, monai_basic_unet
@@ -21,6 +22,7 @@ __all__ = ["NETWORK_REGISTRY", "register_network", "build_network"]
 #: Network name -> constructor taking ``(spatial_dims, in_channels, out_channels, **kwargs)`` by keyword.
 NETWORK_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "unetplusplus": UNetPlusPlus,
+    "connected_unets": ConnectedUNets,
     "unet": UNet,
     "pspnet": PSPNet,
     "linknet": LinkNet,
