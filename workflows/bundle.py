@@ -56,13 +56,16 @@ def default_dataset_dir(dataset: str, project_root: str | Path = PROJECT_ROOT) -
     return str(Path(project_root) / "data" / "synthetic" / dataset)
 
 
-def synthetic_inference_dir(project_root: str | Path = PROJECT_ROOT) -> str:
-    """A folder of mammograms to run inference on by default: the synthetic INbreast ``AllDICOMs``."""
-    root = Path(default_dataset_dir("inbreast", project_root))
-    _ensure_synthetic("inbreast", root, seed=0)
-    folders = sorted(root.glob("*/AllDICOMs")) or sorted(root.glob("AllDICOMs"))
+def synthetic_inference_dir(
+    project_root: str | Path = PROJECT_ROOT, dataset: str = "inbreast", folder: str = "AllDICOMs"
+) -> str:
+    """A folder of images to run inference on by default: ``folder`` of the synthetic ``dataset`` (generated
+    if missing), by default INbreast's ``AllDICOMs``; ultrasound bundles use BUSI's ``benign``."""
+    root = Path(default_dataset_dir(dataset, project_root))
+    _ensure_synthetic(dataset, root, seed=0)
+    folders = sorted(root.glob(f"*/{folder}")) or sorted(root.glob(folder))
     if not folders:
-        raise FileNotFoundError(f"no AllDICOMs folder under {root}")
+        raise FileNotFoundError(f"no {folder} folder under {root}")
     return str(folders[0])
 
 

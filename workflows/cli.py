@@ -113,6 +113,55 @@ def _run_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="Friedman + Nemenyi comparison of methods evaluated on the same test split")
+    p.add_argument("--cases", action="append", default=[], metavar="NAME=PATH",
+                   help="a method's evaluation folder or cases.csv, repeatable (any bundles sharing a split)")
+    p.add_argument("--bundle", default=None, help="train and evaluate this bundle once per --networks entry first")
+    p.add_argument("--networks", default="", help="comma-separated registered network names for --bundle")
+    p.add_argument("--dataset", default=None, choices=DATASETS)
+    p.add_argument("--dataset-dir", default=None, help="real dataset folder (default: the synthetic copy)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override, repeatable")
+    p.add_argument("--metric", default="dice", help="per-case column compared (default dice)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--out", required=True, help="folder of the p-value table, summary and critical-difference plot")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or the project's)")
+    p.set_defaults(func=_run_compare)
+
+
+def _key_values(items: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{option} expects KEY=VALUE, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    import os
+
+    from breastseg.workflows.compare import compare_methods, train_and_evaluate
+    from breastseg.workflows.tracking import default_tracking_uri
+
+    cases = _key_values(args.cases, "--cases")
+    networks = [name for name in args.networks.split(",") if name]
+    if networks and not args.bundle:
+        raise SystemExit("--networks needs --bundle")
+    overrides = _key_values(args.override, "--override")
+    for network in networks:
+        cases[network] = str(train_and_evaluate(args.bundle, network, args.out, args.dataset, args.dataset_dir, overrides))
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    result = compare_methods(cases, args.out, metric=args.metric, alpha=args.alpha, tracking_uri=uri)
+    print(f"Friedman chi2 = {result['statistic']:.4g}, p = {result['p_value']:.4g} ({result['n']} cases, {result['k']} methods)")
+    print(f"Nemenyi critical difference (alpha {args.alpha}) = {result['cd']:.3f}")
+    for name, rank, mean in sorted(zip(result["methods"], result["mean_ranks"], result["mean_metric"]), key=lambda r: r[1]):
+        print(f"  {name:<24} mean rank {rank:.2f}   mean {args.metric} {mean:.4f}")
+    print(f"p-values, summary and plot: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="breastseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_datalist(sub)
     _add_demo(sub)
     _add_cv(sub)
+    _add_compare(sub)
     return parser
 
 

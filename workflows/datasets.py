@@ -101,9 +101,15 @@ def build_loader(
     num_workers: int = 0,
     sampler: Any = None,
     collate_fn: Callable | None = None,
+    drop_last: bool = False,
 ) -> DataLoader:
-    """A MONAI ``DataLoader`` (a distributed ``sampler`` replaces shuffling)."""
+    """A MONAI ``DataLoader`` (a distributed ``sampler`` replaces shuffling).
+
+    ``drop_last`` skips an incomplete last batch (networks whose batch norm sees one value per channel, such
+    as pooled attention vectors, cannot train on a batch of one).
+    """
     kwargs: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "sampler": sampler}
+    kwargs["drop_last"] = drop_last
     kwargs["shuffle"] = shuffle and sampler is None
     if collate_fn is not None:
         kwargs["collate_fn"] = collate_fn

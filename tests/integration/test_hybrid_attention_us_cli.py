@@ -1,0 +1,176 @@
+"""The hybrid attention ultrasound bundle (paper 003) through the real ``python -m monai.bundle`` CLI.
+
+One module-scoped training (2 epochs on a tiny synthetic BUSI copy, 32x32 frames) tracked by a real MLflow
+server feeds the registry, evaluation, inference, model-zoo checks and the Friedman/Nemenyi comparison
+command, which also trains and evaluates two MONAI baselines on the same split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from breastseg.workflows.data.synthetic import busi, udiat
+from mlflow_server import running_mlflow_server
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundles" / "hybrid_attention_us"
+TRAIN = str(BUNDLE / "configs" / "train.json")
+EVALUATE = str(BUNDLE / "configs" / "evaluate.json")
+INFERENCE = str(BUNDLE / "configs" / "inference.json")
+METADATA = str(BUNDLE / "configs" / "metadata.json")
+EXPERIMENT = "breastseg-hybrid_attention_us"
+SMALL = ["--image_size", "32", "--batch_size", "4", "--val_fraction", "0.2", "--test_fraction", "0.2"]
+
+
+def bundle_cli(*args: str, tracking_uri: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", OMP_NUM_THREADS="1")
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hybrid")
+    busi.generate(root / "busi", cases=14, seed=0, full_size=False)
+    with running_mlflow_server(root / "mlflow") as (uri, server):
+        yield {"root": root, "data": root / "busi", "uri": uri}
+
+
+def common(ws) -> list[str]:
+    return ["--dataset_dir", str(ws["data"]), "--output_dir", str(ws["root"] / "out"), "--ckpt_dir", str(ws["root"] / "models"), *SMALL]
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
+    assert_ok(result)
+    return result
+
+
+def client(ws) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=ws["uri"])
+
+
+def runs(ws, workflow: str):
+    c = client(ws)
+    experiment = c.get_experiment_by_name(EXPERIMENT)
+    found = c.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return [r for r in found if f"-{workflow}-" in r.info.run_name]
+
+
+def test_training_tracks_validation_loss_and_registers_the_model(workspace, trained, monkeypatch):
+    (run,) = runs(workspace, "train")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["paper"] == "003" and run.data.tags["dataset"] == "busi"
+    assert run.data.params["network"] == "hybrid_attention" and run.data.params["lr_schedule"] == "plateau"
+    for metric in ("val_mean_dice", "val_loss", "train_epoch_loss"):
+        assert [m.step for m in client(workspace).get_metric_history(run.info.run_id, metric)] == [1, 2], metric
+    datalist = json.loads((workspace["root"] / "out" / "datalist.json").read_text())
+    assert datalist["duplicates"]  # the synthetic copy plants an exact duplicate image: listed, not trained on twice
+    version = client(workspace).get_model_version_by_alias("hybrid_attention_us", "candidate")
+    assert version.run_id == run.info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
+    model = mlflow.pyfunc.load_model("models:/hybrid_attention_us@candidate")
+    probabilities = model.predict(np.random.rand(2, 1, 32, 32).astype(np.float32))
+    assert probabilities.shape == (2, 1, 32, 32) and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+
+
+def test_evaluation_reports_the_papers_metrics(workspace, trained):
+    result = bundle_cli("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}']", *common(workspace), tracking_uri=workspace["uri"])
+    assert_ok(result)
+    (run,) = runs(workspace, "evaluate")
+    eval_dir = workspace["root"] / "out" / "eval" / run.info.run_name
+    header = (eval_dir / "cases.csv").read_text().splitlines()[0].split(",")
+    assert {"case_id", "pathology", "dice", "iou", "sensitivity", "accuracy", "precision", "specificity"} <= set(header)
+    rows = (eval_dir / "cases.csv").read_text().splitlines()[1:]
+    assert rows and not any(",normal," in row for row in rows)  # benign + malignant only by default
+    artifacts = {a.path for a in client(workspace).list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/cases.csv" in artifacts and "evaluation/confusion_matrix.png" in artifacts
+    workspace["eval_dir"] = eval_dir
+
+
+def test_compare_command_trains_baselines_on_the_same_split(workspace, trained):
+    if "eval_dir" not in workspace:
+        pytest.skip("needs the evaluation of test_evaluation_reports_the_papers_metrics")
+    out = workspace["root"] / "compare"
+    command = [
+        str(Path(sys.executable).with_name("breastseg")), "compare", "--bundle", "hybrid_attention_us",
+        "--networks", "basic_unet,attention_unet", "--cases", f"hybrid_attention={workspace['eval_dir']}",
+        "--dataset-dir", str(workspace["data"]), "--out", str(out), "--override", "max_epochs=1",
+        *[f"--override={key[2:]}={value}" for key, value in zip(SMALL[::2], SMALL[1::2])],
+    ]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=workspace["uri"], OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert_ok(result)
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["methods"] == ["hybrid_attention", "basic_unet", "attention_unet"] and summary["n"] >= 2
+    assert (out / "critical_difference.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "nemenyi_pvalues.csv").read_text().startswith("method,hybrid_attention,basic_unet,attention_unet")
+    run = client(workspace).get_run(summary["mlflow_run_id"])
+    assert run.data.params["methods"] == "hybrid_attention,basic_unet,attention_unet"
+    assert "Friedman chi2" in result.stdout
+
+
+def test_udiat_layout_trains(workspace, tmp_path):
+    udiat.generate(tmp_path / "udiat", cases=10, seed=0, full_size=False)
+    result = bundle_cli(
+        "run", "training", "--config_file", TRAIN, "--dataset", "udiat", "--dataset_dir", str(tmp_path / "udiat"),
+        "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1", *SMALL,
+        tracking_uri=workspace["uri"],
+    )
+    assert_ok(result)
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_inference_writes_masks_the_size_of_the_images(workspace, trained, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = next((workspace["data"]).rglob("malignant (1).png"))
+    (images / "frame.png").write_bytes(source.read_bytes())
+    result = bundle_cli(
+        "run", "inference", "--config_file", INFERENCE, "--dataset_dir", str(images), "--output_dir", str(tmp_path / "masks"),
+        "--ckpt_dir", str(workspace["root"] / "models"), "--image_size", "32",
+    )
+    assert_ok(result)
+    mask = np.asarray(Image.open(tmp_path / "masks" / "frame_mask.png"))
+    assert mask.shape == np.asarray(Image.open(source)).shape[:2]
+    assert set(np.unique(mask)) <= {0, 255}
+
+
+@pytest.mark.parametrize("schema", ["meta_schema_20240725.json", "meta_schema_20220324.json"])
+def test_metadata_passes_the_model_zoo_schema(schema):
+    result = bundle_cli("verify_metadata", "--meta_file", METADATA, "--filepath", str(ROOT / "tests" / "schemas" / schema))
+    assert_ok(result)
+
+
+def test_network_input_output_matches_metadata():
+    result = bundle_cli("verify_net_in_out", "--net_id", "network_def", "--meta_file", METADATA, "--config_file", INFERENCE)
+    assert_ok(result)
+    assert "verified with no error" in result.stdout + result.stderr
+
+
+def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
+    target = tmp_path / "model.ts"
+    result = bundle_cli(
+        "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(workspace["root"] / "models" / "model.pt"),
+        "--meta_file", METADATA, "--config_file", INFERENCE,
+    )
+    assert_ok(result)
+    assert torch.jit.load(str(target))(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
