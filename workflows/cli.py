@@ -162,6 +162,58 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--override expects KEY=VALUE, got {item!r}")
+        overrides[key] = value
+    return overrides
+
+
+def _add_ablation(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablation", help="train and evaluate each ablation variant of a bundle on one split; print the table")
+    p.add_argument("--bundle", default="brems_net")
+    p.add_argument("--dataset", default="cbis-ddsm", choices=DATASETS)
+    p.add_argument("--dataset-dir", default=None, help="real dataset folder (default: the synthetic copy)")
+    p.add_argument("--output-dir", default=None, help="folder of the variants' checkpoints, evaluations and table")
+    p.add_argument("--variants", nargs="+", default=None, help="a subset of the bundle's variants (default: all)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override, repeatable")
+    p.set_defaults(func=_run_ablation)
+
+
+def _run_ablation(args: argparse.Namespace) -> int:
+    from breastseg.workflows.ablation import run_ablation
+
+    run_ablation(args.bundle, args.dataset, args.dataset_dir, _overrides(args.override), args.output_dir, args.variants)
+    return 0
+
+
+def _add_cross_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cross-dataset", help="train on one dataset, evaluate on all of another with no fine-tuning")
+    p.add_argument("--bundle", default="brems_net")
+    p.add_argument("--train-dataset", default="cbis-ddsm", choices=DATASETS)
+    p.add_argument("--test-dataset", default="inbreast", choices=DATASETS)
+    p.add_argument("--train-dir", default=None, help="real training dataset folder (default: the synthetic copy)")
+    p.add_argument("--test-dir", default=None, help="real test dataset folder (default: the synthetic copy)")
+    p.add_argument("--output-dir", default=None, help="folder of the datalists, checkpoints and evaluation")
+    p.add_argument("--ckpt-dir", default=None, help="folder of model.pt (default <output-dir>/models)")
+    p.add_argument("--no-train", action="store_true", help="evaluate the model already in --ckpt-dir")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override, repeatable")
+    p.set_defaults(func=_run_cross_dataset)
+
+
+def _run_cross_dataset(args: argparse.Namespace) -> int:
+    from breastseg.workflows.ablation import run_cross_dataset
+
+    run_cross_dataset(
+        args.bundle, args.train_dataset, args.test_dataset, args.train_dir, args.test_dir,
+        _overrides(args.override), args.output_dir, args.ckpt_dir, train=not args.no_train,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="breastseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_datalist(sub)
     _add_demo(sub)
     _add_cv(sub)
+    _add_ablation(sub)
+    _add_cross_dataset(sub)
     _add_compare(sub)
     return parser
 

@@ -1,0 +1,47 @@
+"""Inference output of whole-image bundles: predictions mapped back through the chain's geometry.
+
+Whole-image chains (papers 000 and 004) pad the mammogram to a square and resize it; their predictions
+are at network resolution. :class:`WholeImageMaskWriter` undoes the chain's invertible steps on the
+probabilities (``Compose.inverse`` with the image's recorded operations), so the written mask lies on
+the original image, then writes it as :class:`~breastseg.workflows.inference.MaskWriter` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine
+from monai.data import MetaTensor, decollate_batch
+from monai.transforms import Compose
+
+from breastseg.workflows.inference import MaskWriter
+
+__all__ = ["WholeImageMaskWriter"]
+
+
+class WholeImageMaskWriter(MaskWriter):
+    """Write ``<stem>_mask.png`` and ``<stem>_mask.nii.gz`` of each image on its original grid.
+
+    Args:
+        output_dir: folder of the masks.
+        chain: the preprocessing chain the images went through (its invertible steps are undone).
+        threshold: probability at or above which a pixel is lesion.
+
+    Expects an evaluator with ``decollate=False`` whose ``pred`` holds probabilities (after the sigmoid).
+    """
+
+    def __init__(self, output_dir: str | Path, chain: Compose, threshold: float = 0.5) -> None:
+        super().__init__(output_dir, threshold)
+        self.chain = chain
+
+    def __call__(self, engine: Engine) -> None:
+        samples = decollate_batch({"image": engine.state.batch["image"]})
+        for sample, probabilities in zip(samples, engine.state.output["pred"]):
+            image = sample["image"]
+            prediction = MetaTensor(probabilities.detach().cpu().float(), meta=image.meta, applied_operations=image.applied_operations)
+            restored = self.chain.inverse({"image": prediction})["image"]
+            mask = (restored[0] >= self.threshold).numpy().astype(np.uint8)
+            affine = torch.as_tensor(restored.affine, dtype=torch.float64).numpy()
+            self.written += self._write(Path(str(image.meta["filename_or_obj"])), mask, affine)
