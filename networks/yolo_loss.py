@@ -16,7 +16,9 @@ __all__ = ["YOLOv3Loss", "YoloV3Loss", "assign_targets"]
 
 def _anchor_shape_iou(sizes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """IoU of (w, h) pairs with anchors when both are centred on the same point: ``(M, 9)``."""
-    inter = torch.minimum(sizes[:, None, 0], anchors[None, :, 0]) * torch.minimum(sizes[:, None, 1], anchors[None, :, 1])
+    inter = torch.minimum(sizes[:, None, 0], anchors[None, :, 0]) * torch.minimum(
+        sizes[:, None, 1], anchors[None, :, 1]
+    )
     union = sizes.prod(dim=1)[:, None] + anchors.prod(dim=1)[None, :] - inter
     return inter / union
 

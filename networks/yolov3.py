@@ -79,7 +79,9 @@ class Darknet53(nn.Module):
         channels = base_channels
         for stage_channels, units in zip(DARKNET53_STAGE_CHANNELS, DARKNET53_STAGE_UNITS):
             width = stage_channels * base_channels // 32
-            stages.append(nn.Sequential(_conv(channels, width, 3, stride=2), *[_ResidualUnit(width) for _ in range(units)]))
+            stages.append(
+                nn.Sequential(_conv(channels, width, 3, stride=2), *[_ResidualUnit(width) for _ in range(units)])
+            )
             channels = width
         self.stages = nn.ModuleList(stages)
 
@@ -310,7 +312,12 @@ def decode_boxes(
         if image_size is not None:
             height, width = int(image_size[0]), int(image_size[1])
             boxes = torch.stack(
-                [boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height), boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)],
+                [
+                    boxes[:, 0].clamp(0, width),
+                    boxes[:, 1].clamp(0, height),
+                    boxes[:, 2].clamp(0, width),
+                    boxes[:, 3].clamp(0, height),
+                ],
                 dim=1,
             )
         scores = image[:, 4] * image[:, 5:].max(dim=1).values

@@ -154,7 +154,11 @@ class TestTorchvisionVGG19Weights(unittest.TestCase):
 
     @parameterized.expand(
         [
-            ["missing", lambda s: {k: v for k, v in s.items() if k != "features.21.bias"}, r"missing keys: \['features\.21"],
+            [
+                "missing",
+                lambda s: {k: v for k, v in s.items() if k != "features.21.bias"},
+                r"missing keys: \['features\.21",
+            ],
             ["unexpected", lambda s: {**s, "features.37.weight": torch.zeros(1)}, r"unexpected keys: \['features\.37"],
             ["shape", lambda s: {**s, "features.2.weight": torch.zeros(64, 64, 1, 1)}, r"\(64, 64, 1, 1\)"],
             ["not a state dict", lambda s: [1, 2], "expected a state dict"],

@@ -131,7 +131,9 @@ class TestDecoding(unittest.TestCase):
             ]
         )
         boxes = decode_boxes(predictions, conf_threshold=0.25, nms_threshold=0.45, image_size=(64, 96))
-        torch.testing.assert_close(boxes[0], torch.tensor([[10.0, 10.0, 50.0, 50.0, 0.9], [60.0, 0.0, 96.0, 30.0, 0.45]]))
+        torch.testing.assert_close(
+            boxes[0], torch.tensor([[10.0, 10.0, 50.0, 50.0, 0.9], [60.0, 0.0, 96.0, 30.0, 0.45]])
+        )
         self.assertEqual(tuple(boxes[1].shape), (0, 5))  # no detection: an empty tensor, not an error
         kept_both = decode_boxes(predictions[:1], conf_threshold=0.25, nms_threshold=0.9)[0]
         self.assertEqual(kept_both.shape[0], 3)

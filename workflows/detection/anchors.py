@@ -93,4 +93,6 @@ def _kmeans_plus_plus(sizes: np.ndarray, count: int, rng: np.random.Generator) -
 
 def mean_best_iou(sizes, anchors) -> float:
     """Mean over boxes of the IoU with their best anchor (the YOLOv2 "Avg IOU" quality of a set of anchors)."""
-    return float(size_iou(np.asarray(sizes, dtype=np.float64), np.asarray(anchors, dtype=np.float64)).max(axis=1).mean())
+    return float(
+        size_iou(np.asarray(sizes, dtype=np.float64), np.asarray(anchors, dtype=np.float64)).max(axis=1).mean()
+    )

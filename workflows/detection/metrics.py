@@ -28,9 +28,7 @@ class DetectionMatches:
     num_images: int
 
 
-def match_detections(
-    detections: Sequence, ground_truths: Sequence, iou_threshold: float = 0.5
-) -> DetectionMatches:
+def match_detections(detections: Sequence, ground_truths: Sequence, iou_threshold: float = 0.5) -> DetectionMatches:
     """Mark every detection true or false positive, image by image (the PASCAL VOC rule).
 
     Within an image, detections are taken by decreasing score; each one is a true positive when its best-IoU
