@@ -1,0 +1,175 @@
+"""The ConnectedUNets bundle (paper 004) through the real ``python -m monai.bundle`` CLI and a real MLflow server.
+
+One module-scoped training (2 epochs on a tiny synthetic CBIS-DDSM copy, 32x32 whole mammograms) feeds the
+registry, evaluation (with the Table 4 threshold report), inference and model-zoo checks; a one-epoch run
+on a tiny synthetic INbreast copy checks the other layout and the variant override.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
+from mlflow_server import running_mlflow_server
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundles" / "connected_unets"
+TRAIN = str(BUNDLE / "configs" / "train.json")
+EVALUATE = str(BUNDLE / "configs" / "evaluate.json")
+INFERENCE = str(BUNDLE / "configs" / "inference.json")
+METADATA = str(BUNDLE / "configs" / "metadata.json")
+EXPERIMENT = "breastseg-connected_unets"
+SMALL = ["--image_size", "32", "--batch_size", "4"]
+
+
+def bundle_cli(*args: str, tracking_uri: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", OMP_NUM_THREADS="1")
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("connected_unets")
+    cbis_ddsm.generate(root / "cbis", cases=6, seed=0, full_size=False, rows=256)
+    inbreast.generate(root / "inbreast", cases=3, seed=0, rows=128)
+    with running_mlflow_server(root / "mlflow") as (uri, _):
+        yield {"root": root, "uri": uri}
+
+
+def common(ws, dataset: str = "cbis") -> list[str]:
+    out = ws["root"] / dataset
+    return ["--dataset_dir", str(out), "--output_dir", str(out.with_name(dataset + "_out")), "--ckpt_dir", str(out.with_name(dataset + "_models")), *SMALL]
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
+    assert_ok(result)
+    return result
+
+
+def client(ws) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=ws["uri"])
+
+
+def runs(ws, workflow: str):
+    c = client(ws)
+    experiment = c.get_experiment_by_name(EXPERIMENT)
+    found = c.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return [r for r in found if f"-{workflow}-" in r.info.run_name]
+
+
+def test_training_uses_the_papers_settings_and_is_tracked(workspace, trained):
+    (run,) = [r for r in runs(workspace, "train") if r.data.tags["dataset"] == "cbis-ddsm"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["paper"] == "004" and run.data.tags["variant"] == "plusplus"
+    assert run.data.params["learning_rate"] == "0.0001" and run.data.params["lr_schedule"] == "plateau"
+    assert "BCEWithLogitsLoss" in run.data.params["loss._target_"]
+    assert "official" in run.data.tags["split"]  # CBIS-DDSM's own test set
+    assert [m.step for m in client(workspace).get_metric_history(run.info.run_id, "val_mean_dice")] == [1, 2]
+    state = torch.load(workspace["root"] / "cbis_models" / "model.pt", weights_only=True)
+    assert any(key.startswith("encoder2.") for key in state) and any(".conv7." in key for key in state)  # ++ blocks
+
+
+def test_best_model_is_registered_and_serves_probabilities(workspace, trained, monkeypatch):
+    version = client(workspace).get_model_version_by_alias("connected_unets", "candidate")
+    (run,) = [r for r in runs(workspace, "train") if r.data.tags["dataset"] == "cbis-ddsm"]
+    assert version.run_id == run.info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
+    model = mlflow.pyfunc.load_model("models:/connected_unets@candidate")
+    probabilities = model.predict(np.random.rand(1, 1, 32, 32).astype(np.float32))
+    assert probabilities.shape == (1, 1, 32, 32) and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+
+
+def test_evaluation_reports_table_3_metrics_and_table_4_thresholds(workspace, trained):
+    result = bundle_cli("run", "evaluating", "--config_file", f"['{TRAIN}','{EVALUATE}']", *common(workspace), tracking_uri=workspace["uri"])
+    assert_ok(result)
+    (run,) = runs(workspace, "evaluate")
+    eval_dir = workspace["root"] / "cbis_out" / "eval" / run.info.run_name
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert {"dice", "iou", "accuracy", "hd_max_px", "hd95_px"} <= set(summary["metrics"])
+    thresholds = json.loads((eval_dir / "thresholds.json").read_text())
+    assert [t["label"] for t in thresholds["thresholds"]] == ["DS >= 0.45", "DS >= 0.65", "JI >= 0.35", "JI >= 0.55", "HD <= 2.75"]
+    assert thresholds["n_cases"] == summary["n_cases"]
+    assert thresholds["empty_predictions"]["count"] == summary["status_counts"]["missed"] + summary["status_counts"]["both_empty"]
+    artifacts = {a.path for a in client(workspace).list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/cases.csv", "evaluation/thresholds.json", "evaluation/thresholds.csv"} <= artifacts
+    metrics = client(workspace).get_run(run.info.run_id).data.metrics
+    assert "test_cases_dice_ge_0.45" in metrics and "test_empty_predictions" in metrics
+    assert "DS >= 0.45" in result.stdout + result.stderr
+
+
+def test_inference_writes_masks_on_the_original_grid_and_quarantines_a_blank_image(workspace, trained, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = next((workspace["root"] / "cbis").rglob("*full mammogram images*/1-1.dcm"))
+    (images / "mammogram.dcm").write_bytes(source.read_bytes())
+    Image.fromarray(np.zeros((90, 60), np.uint8)).save(images / "blank.png")
+    result = bundle_cli(
+        "run", "inference", "--config_file", INFERENCE, "--dataset_dir", str(images), "--output_dir", str(tmp_path / "masks"),
+        "--ckpt_dir", str(workspace["root"] / "cbis_models"), "--image_size", "32",
+    )
+    assert_ok(result)
+    import pydicom
+
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_mask.png"))
+    assert mask.shape == (header.Rows, header.Columns) and set(np.unique(mask)) <= {0, 255}
+    (entry,) = json.loads((tmp_path / "masks" / "quarantine.json").read_text())
+    assert entry["case_id"] == "blank" and "no breast found" in entry["reason"]
+    assert not (tmp_path / "masks" / "blank_mask.png").exists()
+
+
+def test_inbreast_layout_trains_with_another_variant(workspace):
+    result = bundle_cli(
+        "run", "training", "--config_file", TRAIN, "--dataset", "inbreast", "--variant", "plus", "--max_epochs", "1",
+        *common(workspace, "inbreast"), tracking_uri=workspace["uri"],
+    )
+    assert_ok(result)
+    (run,) = [r for r in runs(workspace, "train") if r.data.tags["dataset"] == "inbreast"]
+    assert run.data.tags["variant"] == "plus" and "grouped-random" in run.data.tags["split"]
+    assert "val_mean_dice" in run.data.metrics
+    state = torch.load(workspace["root"] / "inbreast_models" / "model.pt", weights_only=True)
+    assert not any(".conv7." in key for key in state)  # ConnectedUNets+ keeps the plain blocks
+
+
+@pytest.mark.parametrize("schema", ["meta_schema_20240725.json", "meta_schema_20220324.json"])
+def test_metadata_passes_the_model_zoo_schema(schema):
+    result = bundle_cli("verify_metadata", "--meta_file", METADATA, "--filepath", str(ROOT / "tests" / "schemas" / schema))
+    assert_ok(result)
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+def test_network_input_output_matches_metadata():
+    result = bundle_cli("verify_net_in_out", "--net_id", "network_def", "--meta_file", METADATA, "--config_file", INFERENCE)
+    assert_ok(result)
+    assert "verified with no error" in result.stdout + result.stderr
+
+
+def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
+    target = tmp_path / "model.ts"
+    result = bundle_cli(
+        "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(workspace["root"] / "cbis_models" / "model.pt"),
+        "--meta_file", METADATA, "--config_file", INFERENCE,
+    )
+    assert_ok(result)
+    scripted = torch.jit.load(str(target))
+    assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
