@@ -10,6 +10,16 @@ __all__ = ["main", "build_parser"]
 DATASETS = ("cbis-ddsm", "inbreast", "busi", "udiat")
 
 
+def _key_values(items: list[str], option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{option} expects KEY=VALUE, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic dataset in a real dataset's on-disk layout")
     p.add_argument("--layout", required=True, choices=DATASETS)
@@ -103,12 +113,7 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
 def _run_cv(args: argparse.Namespace) -> int:
     from breastseg.workflows.crossval import run_cross_validation
 
-    overrides = {}
-    for item in args.override:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--override expects KEY=VALUE, got {item!r}")
-        overrides[key] = value
+    overrides = _key_values(args.override, "--override")
     run_cross_validation(args.bundle, args.folds, args.dataset, args.dataset_dir, overrides, args.output_dir)
     return 0
 
@@ -127,16 +132,6 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder of the p-value table, summary and critical-difference plot")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or the project's)")
     p.set_defaults(func=_run_compare)
-
-
-def _key_values(items: list[str], option: str) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"{option} expects KEY=VALUE, got {item!r}")
-        pairs[key] = value
-    return pairs
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -162,16 +157,6 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overrides(items: list[str]) -> dict[str, str]:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--override expects KEY=VALUE, got {item!r}")
-        overrides[key] = value
-    return overrides
-
-
 def _add_ablation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablation", help="train and evaluate each ablation variant of a bundle on one split; print the table")
     p.add_argument("--bundle", default="brems_net")
@@ -186,7 +171,7 @@ def _add_ablation(sub: argparse._SubParsersAction) -> None:
 def _run_ablation(args: argparse.Namespace) -> int:
     from breastseg.workflows.ablation import run_ablation
 
-    run_ablation(args.bundle, args.dataset, args.dataset_dir, _overrides(args.override), args.output_dir, args.variants)
+    run_ablation(args.bundle, args.dataset, args.dataset_dir, _key_values(args.override, "--override"), args.output_dir, args.variants)
     return 0
 
 
@@ -209,7 +194,7 @@ def _run_cross_dataset(args: argparse.Namespace) -> int:
 
     run_cross_dataset(
         args.bundle, args.train_dataset, args.test_dataset, args.train_dir, args.test_dir,
-        _overrides(args.override), args.output_dir, args.ckpt_dir, train=not args.no_train,
+        _key_values(args.override, "--override"), args.output_dir, args.ckpt_dir, train=not args.no_train,
     )
     return 0
 

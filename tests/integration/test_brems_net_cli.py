@@ -8,10 +8,6 @@ ablation command trains two of the Table 3 variants for one epoch.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -19,43 +15,22 @@ import pytest
 import torch
 
 from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
+from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, export_checkpoint, find_runs
 from mlflow_server import running_mlflow_server
 
-ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "brems_net"
 TRAIN = str(BUNDLE / "configs" / "train.json")
 EVALUATE = str(BUNDLE / "configs" / "evaluate.json")
 INFERENCE = str(BUNDLE / "configs" / "inference.json")
-METADATA = str(BUNDLE / "configs" / "metadata.json")
 EXPERIMENT = "breastseg-brems_net"
 SMALL = ["--image_size", "64", "--batch_size", "4", "--val_fraction", "0.2", "--test_fraction", "0.2"]
 SMALL_OVERRIDES = ["image_size=64", "batch_size=4", "val_fraction=0.2", "test_fraction=0.2"]
 HEADS = ("refined", "coarse", "side_1_4", "side_1_8", "side_1_16")
 
 
-def environment(tracking_uri: str | None) -> dict[str, str]:
-    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", OMP_NUM_THREADS="1")
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    return env
-
-
-def bundle_cli(*args: str, tracking_uri: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=environment(tracking_uri), capture_output=True, text=True, timeout=600
-    )
-
-
-def breastseg_cli(*args: str, tracking_uri: str) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).with_name("breastseg")), *args]
-    return subprocess.run(command, cwd=ROOT, env=environment(tracking_uri), capture_output=True, text=True, timeout=900)
-
-
-def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-
-
 @pytest.fixture(scope="module")
+
+
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("brems")
     cbis_ddsm.generate(root / "cbis", cases=6, seed=0, full_size=False, rows=256)
@@ -69,6 +44,8 @@ def common(ws) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+
+
 def trained(workspace):
     result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
     assert_ok(result)
@@ -80,10 +57,7 @@ def client(ws) -> mlflow.MlflowClient:
 
 
 def runs(ws, workflow: str):
-    c = client(ws)
-    experiment = c.get_experiment_by_name(EXPERIMENT)
-    found = c.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return [r for r in found if f"-{workflow}-" in r.info.run_name]
+    return find_runs(ws["uri"], EXPERIMENT, workflow)
 
 
 def test_training_logs_paper_settings_and_aw_weights_per_epoch(workspace, trained):
@@ -189,25 +163,9 @@ def test_ablation_command_trains_variants_on_one_split(workspace, tmp_path):
     assert (out / "ablation_table.md").read_text().startswith("| Model | Sens. (%) |")
 
 
-@pytest.mark.parametrize("schema", ["meta_schema_20240725.json", "meta_schema_20220324.json"])
-def test_metadata_passes_the_model_zoo_schema(schema):
-    result = bundle_cli("verify_metadata", "--meta_file", METADATA, "--filepath", str(ROOT / "tests" / "schemas" / schema))
-    assert_ok(result)
-    assert "metadata is verified with no error" in result.stdout + result.stderr
-
-
-def test_network_input_output_matches_metadata():
-    result = bundle_cli("verify_net_in_out", "--net_id", "network_def", "--meta_file", METADATA, "--config_file", INFERENCE)
-    assert_ok(result)
-    assert "verified with no error" in result.stdout + result.stderr
-
-
 def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     target = tmp_path / "model.ts"
-    result = bundle_cli(
-        "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(workspace["root"] / "models" / "model.pt"),
-        "--meta_file", METADATA, "--config_file", INFERENCE,
-    )
+    result = export_checkpoint("brems_net", workspace["root"] / "models" / "model.pt", target)
     assert_ok(result)
     scripted = torch.jit.load(str(target))
     assert scripted(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)

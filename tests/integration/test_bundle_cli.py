@@ -7,8 +7,6 @@ of the registry, evaluation, resume, inference and the model-zoo bundle checks.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,32 +16,20 @@ import pytest
 import torch
 
 from breastseg.workflows.data.synthetic import cbis_ddsm
+from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, export_checkpoint, find_runs, run_command
 from mlflow_server import free_port, running_mlflow_server
 
-ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "unetplusplus_mammo"
 TRAIN = str(BUNDLE / "configs" / "train.json")
 EVALUATE = str(BUNDLE / "configs" / "evaluate.json")
 INFERENCE = str(BUNDLE / "configs" / "inference.json")
-METADATA = str(BUNDLE / "configs" / "metadata.json")
 EXPERIMENT = "breastseg-unetplusplus_mammo"
 SMALL = ["--image_size", "32", "--batch_size", "4", "--val_fraction", "0.2", "--test_fraction", "0.2"]
 
 
-def bundle_cli(*args: str, tracking_uri: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", OMP_NUM_THREADS="1")
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-
-
 @pytest.fixture(scope="module")
+
+
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     data = root / "cbis"
@@ -57,6 +43,8 @@ def common(ws) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+
+
 def trained(workspace):
     result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
     assert_ok(result)
@@ -68,10 +56,7 @@ def client(ws) -> mlflow.MlflowClient:
 
 
 def runs(ws, workflow: str | None = None):
-    c = client(ws)
-    experiment = c.get_experiment_by_name(EXPERIMENT)
-    found = c.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return [r for r in found if workflow is None or f"-{workflow}-" in r.info.run_name]
+    return find_runs(ws["uri"], EXPERIMENT, workflow)
 
 
 def test_training_writes_checkpoints_and_a_finished_run(workspace, trained):
@@ -190,25 +175,9 @@ def test_inference_writes_masks_aligned_with_the_images(workspace, trained, tmp_
     assert (tmp_path / "masks" / "mammogram_mask.nii.gz").is_file()
 
 
-@pytest.mark.parametrize("schema", ["meta_schema_20240725.json", "meta_schema_20220324.json"])
-def test_metadata_passes_the_model_zoo_schema(schema):
-    result = bundle_cli("verify_metadata", "--meta_file", METADATA, "--filepath", str(ROOT / "tests" / "schemas" / schema))
-    assert_ok(result)
-    assert "metadata is verified with no error" in result.stdout + result.stderr
-
-
-def test_network_input_output_matches_metadata():
-    result = bundle_cli("verify_net_in_out", "--net_id", "network_def", "--meta_file", METADATA, "--config_file", INFERENCE)
-    assert_ok(result)
-    assert "verified with no error" in result.stdout + result.stderr
-
-
 def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     target = tmp_path / "model.ts"
-    result = bundle_cli(
-        "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(workspace["root"] / "models" / "model.pt"),
-        "--meta_file", METADATA, "--config_file", INFERENCE,
-    )
+    result = export_checkpoint("unetplusplus_mammo", workspace["root"] / "models" / "model.pt", target)
     assert_ok(result)
     scripted = torch.jit.load(str(target))
     assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
@@ -216,13 +185,12 @@ def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
 
 def test_multi_gpu_config_trains_with_gloo_on_cpu(workspace):
     out = workspace["root"] / "ddp"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=workspace["uri"], OMP_NUM_THREADS="1")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
         "--config_file", f"['{TRAIN}','{str(BUNDLE / 'configs' / 'multi_gpu_train.json')}']", "--max_epochs", "1",
         *common(workspace), "--output_dir", str(out), "--ckpt_dir", str(out / "models"),
     ]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = run_command(command, tracking_uri=workspace["uri"])
     assert_ok(result)
     assert (out / "models" / "model.pt").is_file() and (out / "models" / "checkpoint_last.pt").is_file()
     state = torch.load(out / "models" / "model.pt", weights_only=True)
@@ -231,12 +199,11 @@ def test_multi_gpu_config_trains_with_gloo_on_cpu(workspace):
 
 def test_cross_validation_command_trains_every_fold_and_reports_mean_sd(workspace, tmp_path):
     out = tmp_path / "cv"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'cv.db'}", OMP_NUM_THREADS="1")
-    command = [
-        str(Path(sys.executable).with_name("breastseg")), "cv", "--folds", "2", "--dataset-dir", str(workspace["data"]),
-        "--output-dir", str(out), "--override", "max_epochs=1", "--override", "image_size=32", "--override", "batch_size=4",
-    ]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    result = breastseg_cli(
+        "cv", "--folds", "2", "--dataset-dir", str(workspace["data"]), "--output-dir", str(out),
+        "--override", "max_epochs=1", "--override", "image_size=32", "--override", "batch_size=4",
+        tracking_uri=f"sqlite:///{tmp_path / 'cv.db'}",
+    )
     assert_ok(result)
     report = json.loads((out / "crossval_2fold.json").read_text())
     assert report["n_folds"] == 2 and report["metrics"]["dice"]["n_folds"] == 2

@@ -8,10 +8,6 @@ on a tiny synthetic INbreast copy checks the other layout and the variant overri
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -20,32 +16,20 @@ import torch
 from PIL import Image
 
 from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
+from bundle_cli import ROOT, assert_ok, bundle_cli, export_checkpoint, find_runs
 from mlflow_server import running_mlflow_server
 
-ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "connected_unets"
 TRAIN = str(BUNDLE / "configs" / "train.json")
 EVALUATE = str(BUNDLE / "configs" / "evaluate.json")
 INFERENCE = str(BUNDLE / "configs" / "inference.json")
-METADATA = str(BUNDLE / "configs" / "metadata.json")
 EXPERIMENT = "breastseg-connected_unets"
 SMALL = ["--image_size", "32", "--batch_size", "4"]
 
 
-def bundle_cli(*args: str, tracking_uri: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", OMP_NUM_THREADS="1")
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-
-
 @pytest.fixture(scope="module")
+
+
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("connected_unets")
     cbis_ddsm.generate(root / "cbis", cases=6, seed=0, full_size=False, rows=256)
@@ -60,6 +44,8 @@ def common(ws, dataset: str = "cbis") -> list[str]:
 
 
 @pytest.fixture(scope="module")
+
+
 def trained(workspace):
     result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
     assert_ok(result)
@@ -71,10 +57,7 @@ def client(ws) -> mlflow.MlflowClient:
 
 
 def runs(ws, workflow: str):
-    c = client(ws)
-    experiment = c.get_experiment_by_name(EXPERIMENT)
-    found = c.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return [r for r in found if f"-{workflow}-" in r.info.run_name]
+    return find_runs(ws["uri"], EXPERIMENT, workflow)
 
 
 def test_training_uses_the_papers_settings_and_is_tracked(workspace, trained):
@@ -151,25 +134,9 @@ def test_inbreast_layout_trains_with_another_variant(workspace):
     assert not any(".conv7." in key for key in state)  # ConnectedUNets+ keeps the plain blocks
 
 
-@pytest.mark.parametrize("schema", ["meta_schema_20240725.json", "meta_schema_20220324.json"])
-def test_metadata_passes_the_model_zoo_schema(schema):
-    result = bundle_cli("verify_metadata", "--meta_file", METADATA, "--filepath", str(ROOT / "tests" / "schemas" / schema))
-    assert_ok(result)
-    assert "metadata is verified with no error" in result.stdout + result.stderr
-
-
-def test_network_input_output_matches_metadata():
-    result = bundle_cli("verify_net_in_out", "--net_id", "network_def", "--meta_file", METADATA, "--config_file", INFERENCE)
-    assert_ok(result)
-    assert "verified with no error" in result.stdout + result.stderr
-
-
 def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     target = tmp_path / "model.ts"
-    result = bundle_cli(
-        "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(workspace["root"] / "cbis_models" / "model.pt"),
-        "--meta_file", METADATA, "--config_file", INFERENCE,
-    )
+    result = export_checkpoint("connected_unets", workspace["root"] / "cbis_models" / "model.pt", target)
     assert_ok(result)
     scripted = torch.jit.load(str(target))
     assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)

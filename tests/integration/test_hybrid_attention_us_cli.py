@@ -8,10 +8,6 @@ command, which also trains and evaluates two MONAI baselines on the same split.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -20,32 +16,20 @@ import torch
 from PIL import Image
 
 from breastseg.workflows.data.synthetic import busi, udiat
+from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, export_checkpoint, find_runs
 from mlflow_server import running_mlflow_server
 
-ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "hybrid_attention_us"
 TRAIN = str(BUNDLE / "configs" / "train.json")
 EVALUATE = str(BUNDLE / "configs" / "evaluate.json")
 INFERENCE = str(BUNDLE / "configs" / "inference.json")
-METADATA = str(BUNDLE / "configs" / "metadata.json")
 EXPERIMENT = "breastseg-hybrid_attention_us"
 SMALL = ["--image_size", "32", "--batch_size", "4", "--val_fraction", "0.2", "--test_fraction", "0.2"]
 
 
-def bundle_cli(*args: str, tracking_uri: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", OMP_NUM_THREADS="1")
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-
-
 @pytest.fixture(scope="module")
+
+
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("hybrid")
     busi.generate(root / "busi", cases=14, seed=0, full_size=False)
@@ -58,6 +42,8 @@ def common(ws) -> list[str]:
 
 
 @pytest.fixture(scope="module")
+
+
 def trained(workspace):
     result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
     assert_ok(result)
@@ -69,10 +55,7 @@ def client(ws) -> mlflow.MlflowClient:
 
 
 def runs(ws, workflow: str):
-    c = client(ws)
-    experiment = c.get_experiment_by_name(EXPERIMENT)
-    found = c.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return [r for r in found if f"-{workflow}-" in r.info.run_name]
+    return find_runs(ws["uri"], EXPERIMENT, workflow)
 
 
 def test_training_tracks_validation_loss_and_registers_the_model(workspace, trained, monkeypatch):
@@ -110,14 +93,13 @@ def test_compare_command_trains_baselines_on_the_same_split(workspace, trained):
     if "eval_dir" not in workspace:
         pytest.skip("needs the evaluation of test_evaluation_reports_the_papers_metrics")
     out = workspace["root"] / "compare"
-    command = [
-        str(Path(sys.executable).with_name("breastseg")), "compare", "--bundle", "hybrid_attention_us",
+    result = breastseg_cli(
+        "compare", "--bundle", "hybrid_attention_us",
         "--networks", "basic_unet,attention_unet", "--cases", f"hybrid_attention={workspace['eval_dir']}",
         "--dataset-dir", str(workspace["data"]), "--out", str(out), "--override", "max_epochs=1",
         *[f"--override={key[2:]}={value}" for key, value in zip(SMALL[::2], SMALL[1::2])],
-    ]
-    env = dict(os.environ, MLFLOW_TRACKING_URI=workspace["uri"], OMP_NUM_THREADS="1")
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        tracking_uri=workspace["uri"],
+    )
     assert_ok(result)
     summary = json.loads((out / "comparison.json").read_text())
     assert summary["methods"] == ["hybrid_attention", "basic_unet", "attention_unet"] and summary["n"] >= 2
@@ -154,23 +136,8 @@ def test_inference_writes_masks_the_size_of_the_images(workspace, trained, tmp_p
     assert set(np.unique(mask)) <= {0, 255}
 
 
-@pytest.mark.parametrize("schema", ["meta_schema_20240725.json", "meta_schema_20220324.json"])
-def test_metadata_passes_the_model_zoo_schema(schema):
-    result = bundle_cli("verify_metadata", "--meta_file", METADATA, "--filepath", str(ROOT / "tests" / "schemas" / schema))
-    assert_ok(result)
-
-
-def test_network_input_output_matches_metadata():
-    result = bundle_cli("verify_net_in_out", "--net_id", "network_def", "--meta_file", METADATA, "--config_file", INFERENCE)
-    assert_ok(result)
-    assert "verified with no error" in result.stdout + result.stderr
-
-
 def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     target = tmp_path / "model.ts"
-    result = bundle_cli(
-        "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(workspace["root"] / "models" / "model.pt"),
-        "--meta_file", METADATA, "--config_file", INFERENCE,
-    )
+    result = export_checkpoint("hybrid_attention_us", workspace["root"] / "models" / "model.pt", target)
     assert_ok(result)
     assert torch.jit.load(str(target))(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)

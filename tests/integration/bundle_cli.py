@@ -1,0 +1,56 @@
+"""Running the real command-line tools from the integration tests, and reading what they tracked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "tests" / "schemas"
+BREASTSEG = str(Path(sys.executable).with_name("breastseg"))
+
+
+def _environment(tracking_uri: str | None) -> dict[str, str]:
+    env = dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", OMP_NUM_THREADS="1")
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def run_command(command: list[str], tracking_uri: str | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run ``command`` from the repository root (one OpenMP thread, no MLflow retries)."""
+    return subprocess.run(command, cwd=ROOT, env=_environment(tracking_uri), capture_output=True, text=True, timeout=timeout)
+
+
+def bundle_cli(*args: str, tracking_uri: str | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <args>``."""
+    return run_command([sys.executable, "-m", "monai.bundle", *args], tracking_uri, timeout)
+
+
+def breastseg_cli(*args: str, tracking_uri: str | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The ``breastseg`` console script."""
+    return run_command([BREASTSEG, *args], tracking_uri, timeout)
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+def find_runs(tracking_uri: str, experiment: str, workflow: str | None = None) -> list:
+    """Runs of ``experiment`` oldest first; ``workflow`` ("train", "evaluate") filters by run name."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], order_by=["attributes.start_time ASC"])
+    return [run for run in found if workflow is None or f"-{workflow}-" in run.info.run_name]
+
+
+def export_checkpoint(bundle: str, checkpoint: Path, target: Path) -> subprocess.CompletedProcess:
+    """``ckpt_export`` of ``bundle``'s ``network_def`` (inference.json) with ``checkpoint`` to TorchScript ``target``."""
+    configs = ROOT / "bundles" / bundle / "configs"
+    return bundle_cli(
+        "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(checkpoint),
+        "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
+    )
