@@ -29,8 +29,6 @@ HEADS = ("refined", "coarse", "side_1_4", "side_1_8", "side_1_16")
 
 
 @pytest.fixture(scope="module")
-
-
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("brems")
     cbis_ddsm.generate(root / "cbis", cases=6, seed=0, full_size=False, rows=256)
@@ -44,8 +42,6 @@ def common(ws) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-
-
 def trained(workspace):
     result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
     assert_ok(result)

@@ -28,8 +28,6 @@ SMALL = ["--image_size", "32", "--batch_size", "4"]
 
 
 @pytest.fixture(scope="module")
-
-
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("connected_unets")
     cbis_ddsm.generate(root / "cbis", cases=6, seed=0, full_size=False, rows=256)
@@ -44,8 +42,6 @@ def common(ws, dataset: str = "cbis") -> list[str]:
 
 
 @pytest.fixture(scope="module")
-
-
 def trained(workspace):
     result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
     assert_ok(result)

@@ -28,8 +28,6 @@ SMALL = ["--image_size", "32", "--batch_size", "4", "--val_fraction", "0.2", "--
 
 
 @pytest.fixture(scope="module")
-
-
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("hybrid")
     busi.generate(root / "busi", cases=14, seed=0, full_size=False)
@@ -42,8 +40,6 @@ def common(ws) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-
-
 def trained(workspace):
     result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
     assert_ok(result)
