@@ -10,6 +10,7 @@ is 16 lesions as the paper trains, and each epoch's random transforms run per sa
 from __future__ import annotations
 
 import logging
+from copy import deepcopy
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -54,7 +55,10 @@ class SampleCacheDataset(Dataset):
             transform = Compose(transform)
         self.deterministic, self.random = _split_chain(transform)
         if cache == "memory":
-            self.base: Dataset = CacheDataset(data, self.deterministic, cache_rate=1.0, num_workers=num_workers, progress=False)
+            # copy_cache=False: _transform copies only the one sample it hands out, not every lesion of its image
+            self.base: Dataset = CacheDataset(
+                data, self.deterministic, cache_rate=1.0, num_workers=num_workers, progress=False, copy_cache=False
+            )
         elif cache == "disk":
             if cache_dir is None:
                 raise ValueError("cache='disk' needs cache_dir")
@@ -77,8 +81,8 @@ class SampleCacheDataset(Dataset):
     def _transform(self, index: int) -> Any:
         item_index, sample_index = self.index[index]
         item = self.base[item_index]
-        sample = item[sample_index] if sample_index is not None else item
-        return apply_transform(self.random, dict(sample)) if self.random.transforms else sample
+        sample = deepcopy(item[sample_index] if sample_index is not None else item)
+        return apply_transform(self.random, sample) if self.random.transforms else sample
 
 
 def build_dataset(
