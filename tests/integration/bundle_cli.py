@@ -54,3 +54,23 @@ def export_checkpoint(bundle: str, checkpoint: Path, target: Path) -> subprocess
         "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(checkpoint),
         "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
     )
+
+
+def client(workspace: dict) -> mlflow.MlflowClient:
+    """A client of the test's MLflow server (``workspace["uri"]``)."""
+    return mlflow.MlflowClient(tracking_uri=workspace["uri"])
+
+
+def workspace_overrides(workspace: dict, small: list[str]) -> list[str]:
+    """Data, outputs and checkpoints of a test's workspace, plus its small-run overrides."""
+    root = workspace["root"]
+    return ["--dataset_dir", str(workspace["data"]), "--output_dir", str(root / "out"), "--ckpt_dir", str(root / "models"), *small]
+
+
+def train(train_config: str, overrides: list[str], workspace: dict, epochs: int = 2) -> subprocess.CompletedProcess:
+    """``run training`` of ``train_config`` for ``epochs`` against the workspace's MLflow server; must succeed."""
+    result = bundle_cli(
+        "run", "training", "--config_file", train_config, "--max_epochs", str(epochs), *overrides, tracking_uri=workspace["uri"]
+    )
+    assert_ok(result)
+    return result

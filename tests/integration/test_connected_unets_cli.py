@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
-from bundle_cli import ROOT, assert_ok, bundle_cli, export_checkpoint, find_runs
+from bundle_cli import ROOT, assert_ok, bundle_cli, client, export_checkpoint, find_runs, train
 from mlflow_server import running_mlflow_server
 
 BUNDLE = ROOT / "bundles" / "connected_unets"
@@ -43,13 +43,7 @@ def common(ws, dataset: str = "cbis") -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(workspace):
-    result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
-    assert_ok(result)
-    return result
-
-
-def client(ws) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=ws["uri"])
+    return train(TRAIN, common(workspace), workspace)
 
 
 def runs(ws, workflow: str):

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from breastseg.workflows.data.synthetic import busi, udiat
-from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, export_checkpoint, find_runs
+from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, find_runs, train, workspace_overrides
 from mlflow_server import running_mlflow_server
 
 BUNDLE = ROOT / "bundles" / "hybrid_attention_us"
@@ -36,18 +36,12 @@ def workspace(tmp_path_factory):
 
 
 def common(ws) -> list[str]:
-    return ["--dataset_dir", str(ws["data"]), "--output_dir", str(ws["root"] / "out"), "--ckpt_dir", str(ws["root"] / "models"), *SMALL]
+    return workspace_overrides(ws, SMALL)
 
 
 @pytest.fixture(scope="module")
 def trained(workspace):
-    result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "2", *common(workspace), tracking_uri=workspace["uri"])
-    assert_ok(result)
-    return result
-
-
-def client(ws) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=ws["uri"])
+    return train(TRAIN, common(workspace), workspace)
 
 
 def runs(ws, workflow: str):
