@@ -106,8 +106,12 @@ def log_bundle_model(
     tracking_uri: str | None = None,
     alias: str = CANDIDATE_ALIAS,
     network_settings: dict[str, Any] | None = None,
+    python_model: mlflow.pyfunc.PythonModel | None = None,
 ) -> dict[str, Any]:
     """Log the bundle with ``weights`` as the run's model, register it as ``model_name`` and set ``alias``.
+
+    ``python_model`` serves it (default :class:`BundleModel`; a bundle with several networks, such as the
+    two-stage detector, passes its own).
 
     Returns ``{"model_uri", "version", "alias_uri"}``.
     """
@@ -120,7 +124,7 @@ def log_bundle_model(
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=BundleModel(),
+                python_model=python_model or BundleModel(),
                 artifacts={"bundle": str(staged)},
                 input_example=example,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "monai", "mlflow", "breastseg"],
@@ -145,6 +149,7 @@ class RegisterBestModel:
         network_settings: the config values the network was built with (``network``,
             ``network_kwargs``, ...), stored in the logged bundle so it rebuilds the same network.
         enabled: ``False`` on non-zero DDP ranks.
+        python_model: the MLflow model serving the weights (default :class:`BundleModel`).
     """
 
     def __init__(
@@ -156,8 +161,10 @@ class RegisterBestModel:
         input_shape: tuple[int, ...],
         network_settings: dict[str, Any] | None = None,
         enabled: bool = True,
+        python_model: mlflow.pyfunc.PythonModel | None = None,
     ) -> None:
         self.tracker = tracker
+        self.python_model = python_model
         self.network_settings = network_settings
         self.bundle_root = bundle_root
         self.weights = weights
@@ -184,6 +191,7 @@ class RegisterBestModel:
                 self.input_shape,
                 self.tracker.client.tracking_uri,
                 network_settings=self.network_settings,
+                python_model=self.python_model,
             )
         except Exception as err:  # a lost server must not turn a finished training into a failure
             logger.warning("registering %s failed (%s: %s); the checkpoint is at %s", self.model_name, type(err).__name__, err, self.weights)
