@@ -11,6 +11,7 @@ from .data import (
     resize_batch,
     unpad_boxes,
 )
+from .evaluation import PAPER_LAMBDAS, detection_markdown, detection_tables
 from .metrics import DetectionMatches, FROCCurve, average_precision, froc_curve, match_detections
 from .model import DetectorModel, build_detector, detector_settings, load_detector
 from .msf import (
@@ -56,6 +57,9 @@ __all__ = [
     "read_anchors",
     "DecodeDetections",
     "DetectionAP",
+    "PAPER_LAMBDAS",
+    "detection_tables",
+    "detection_markdown",
     "detector_settings",
     "build_detector",
     "load_detector",
