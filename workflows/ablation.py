@@ -19,20 +19,13 @@ from typing import Any, Sequence
 
 import torch
 
-from breastseg.workflows.demo import bundle_command, latest_summary, run_step
+from breastseg.workflows import bundle_runs
 from breastseg.workflows.tracking import PROJECT_ROOT
 
 __all__ = ["bundle_settings", "parameter_count", "run_ablation", "run_cross_dataset"]
 
 #: state-dict entries that are buffers, not trained parameters (batch-norm statistics)
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _configs(bundle: str) -> Path:
-    configs = PROJECT_ROOT / "bundles" / bundle / "configs"
-    if not configs.is_dir():
-        raise FileNotFoundError(f"no bundle {bundle!r} in {PROJECT_ROOT / 'bundles'}")
-    return configs
 
 
 def bundle_settings(bundle: str, *ids: str) -> dict[str, Any]:
@@ -43,7 +36,7 @@ def bundle_settings(bundle: str, *ids: str) -> dict[str, Any]:
     """
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser(ConfigParser.load_config_files(str(_configs(bundle) / "train.json")))
+    parser = ConfigParser(ConfigParser.load_config_files(str(bundle_runs.bundle_configs(bundle) / "train.json")))
     values = {}
     for config_id in ids:
         if config_id not in parser:
@@ -56,15 +49,6 @@ def parameter_count(checkpoint: str | Path) -> int:
     """Trained parameters in a ``model.pt`` state dict (batch-norm statistics left out)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     return sum(int(v.numel()) for k, v in state.items() if not k.endswith(_BUFFER_SUFFIXES))
-
-
-def _evaluation(bundle: str, overrides: dict[str, str], eval_root: Path) -> Path:
-    configs = _configs(bundle)
-    run_step(bundle_command("evaluating", [configs / "train.json", configs / "evaluate.json"], overrides), PROJECT_ROOT)
-    summary = latest_summary(eval_root)
-    if summary is None:
-        raise RuntimeError(f"the evaluation wrote no summary under {eval_root}")
-    return summary.parent
 
 
 def run_ablation(
@@ -92,7 +76,6 @@ def run_ablation(
     unknown = [v for v in chosen if v not in labels]
     if unknown:
         raise ValueError(f"bundle {bundle!r} has no ablation variant(s) {unknown}; it declares {list(labels)}")
-    configs = _configs(bundle)
     out_root = Path(output_dir).resolve() if output_dir else PROJECT_ROOT / "bundles" / bundle / "runs" / dataset / "ablation"
     base = dict(overrides or {}, dataset=dataset, output_dir=str(out_root))
     if dataset_dir:
@@ -101,8 +84,7 @@ def run_ablation(
     for variant in chosen:
         ckpt_dir = out_root / variant / "models"
         step = dict(base, variant=variant, ckpt_dir=str(ckpt_dir))
-        run_step(bundle_command("training", [configs / "train.json"], step), PROJECT_ROOT)
-        eval_dir = _evaluation(bundle, {k: v for k, v in step.items() if k != "max_epochs"}, out_root / "eval")
+        eval_dir = bundle_runs.train_and_evaluate(bundle, step, out_root / "eval").parent
         row = table_row(eval_dir, columns, labels[variant])
         row.update(variant=variant, parameters=parameter_count(ckpt_dir / "model.pt"), eval_dir=str(eval_dir))
         rows.append(row)
@@ -139,7 +121,6 @@ def run_cross_dataset(
     """
     from breastseg.workflows.paper_tables import format_table, table_row
 
-    configs = _configs(bundle)
     out_root = (
         Path(output_dir).resolve()
         if output_dir
@@ -151,16 +132,16 @@ def run_cross_dataset(
         step = dict(common, dataset=train_dataset, output_dir=str(out_root / train_dataset))
         if train_dir:
             step["dataset_dir"] = str(Path(train_dir).resolve())
-        run_step(bundle_command("training", [configs / "train.json"], step), PROJECT_ROOT)
+        bundle_runs.train(bundle, step)
     elif not (models / "model.pt").is_file():
         raise FileNotFoundError(f"no trained model at {models / 'model.pt'} (train first, or drop --no-train)")
-    evaluation = {k: v for k, v in common.items() if k != "max_epochs"}
+    evaluation = dict(common)
     evaluation.update(
         dataset=test_dataset, output_dir=str(out_root / test_dataset), val_fraction="0.0", test_fraction="0.0", eval_split="training"
     )
     if test_dir:
         evaluation["dataset_dir"] = str(Path(test_dir).resolve())
-    eval_dir = _evaluation(bundle, evaluation, out_root / test_dataset / "eval")
+    eval_dir = bundle_runs.evaluate(bundle, evaluation, out_root / test_dataset / "eval").parent
     settings = bundle_settings(bundle, "table_columns")
     row = table_row(eval_dir, settings["table_columns"], f"trained on {train_dataset}, tested on {test_dataset}")
     row["eval_dir"] = str(eval_dir)

@@ -137,7 +137,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _run_compare(args: argparse.Namespace) -> int:
     import os
 
-    from breastseg.workflows.compare import compare_methods, train_and_evaluate
+    from breastseg.workflows.compare import compare_methods, train_and_evaluate_network
     from breastseg.workflows.tracking import default_tracking_uri
 
     cases = _key_values(args.cases, "--cases")
@@ -146,7 +146,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         raise SystemExit("--networks needs --bundle")
     overrides = _key_values(args.override, "--override")
     for network in networks:
-        cases[network] = str(train_and_evaluate(args.bundle, network, args.out, args.dataset, args.dataset_dir, overrides))
+        cases[network] = str(train_and_evaluate_network(args.bundle, network, args.out, args.dataset, args.dataset_dir, overrides))
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     result = compare_methods(cases, args.out, metric=args.metric, alpha=args.alpha, tracking_uri=uri)
     print(f"Friedman chi2 = {result['statistic']:.4g}, p = {result['p_value']:.4g} ({result['n']} cases, {result['k']} methods)")

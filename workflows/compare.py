@@ -31,7 +31,7 @@ __all__ = [
     "friedman_nemenyi",
     "plot_critical_difference",
     "compare_methods",
-    "train_and_evaluate",
+    "train_and_evaluate_network",
 ]
 
 logger = logging.getLogger("breastseg.compare")
@@ -261,7 +261,7 @@ def compare_methods(
     return result
 
 
-def train_and_evaluate(
+def train_and_evaluate_network(
     bundle: str, network: str, out: str | Path, dataset: str | None = None, dataset_dir: str | None = None,
     overrides: Mapping[str, str] | None = None,
 ) -> Path:
@@ -271,19 +271,12 @@ def train_and_evaluate(
     the dataset, the seed and the fractions, so networks trained with the same ones share it (and
     :func:`compare_methods` refuses results that do not). Returns the evaluation folder.
     """
-    from breastseg.workflows.demo import bundle_command, run_step
-    from breastseg.workflows.tracking import PROJECT_ROOT
+    from breastseg.workflows import bundle_runs
 
-    configs = PROJECT_ROOT / "bundles" / bundle / "configs"
-    if not configs.is_dir():
-        raise FileNotFoundError(f"no bundle {bundle!r} in {PROJECT_ROOT / 'bundles'}")
     folder = Path(out) / network
     settings = dict(overrides or {}, network=network, output_dir=str(folder), ckpt_dir=str(folder / "models"))
     if dataset:
         settings["dataset"] = dataset
     if dataset_dir:
         settings["dataset_dir"] = dataset_dir
-    run_step(bundle_command("training", [configs / "train.json"], settings), PROJECT_ROOT)
-    settings.pop("max_epochs", None)
-    run_step(bundle_command("evaluating", [configs / "train.json", configs / "evaluate.json"], settings), PROJECT_ROOT)
-    return find_cases_csv(folder / "eval").parent
+    return bundle_runs.train_and_evaluate(bundle, settings, folder / "eval").parent

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from breastseg.workflows.demo import bundle_command, format_stats, latest_summary, run_step
-from breastseg.workflows.tracking import PROJECT_ROOT
+from breastseg.workflows import bundle_runs
+from breastseg.workflows.demo import format_stats
 
 __all__ = ["run_cross_validation"]
 
@@ -35,10 +35,7 @@ def run_cross_validation(
 
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
-    bundle_root = PROJECT_ROOT / "bundles" / bundle
-    configs = bundle_root / "configs"
-    if not configs.is_dir():
-        raise FileNotFoundError(f"no bundle {bundle!r} in {PROJECT_ROOT / 'bundles'}")
+    bundle_root = bundle_runs.bundle_configs(bundle).parent
     out_root = Path(output_dir).resolve() if output_dir else bundle_root / "runs" / dataset
     base = dict(overrides or {}, dataset=dataset, folds=str(folds), output_dir=str(out_root))
     if dataset_dir:
@@ -46,13 +43,8 @@ def run_cross_validation(
     summaries = []
     for fold in range(folds):
         fold_overrides = dict(base, fold=str(fold), ckpt_dir=str(out_root / f"fold_{fold}" / "models"))
-        run_step(bundle_command("training", [configs / "train.json"], fold_overrides), PROJECT_ROOT)
-        eval_overrides = {k: v for k, v in fold_overrides.items() if k != "max_epochs"}
-        eval_overrides["eval_split"] = "validation"
-        run_step(bundle_command("evaluating", [configs / "train.json", configs / "evaluate.json"], eval_overrides), PROJECT_ROOT)
-        summary_file = latest_summary(out_root / "eval")
-        if summary_file is None:
-            raise RuntimeError(f"fold {fold}: evaluation wrote no summary")
+        bundle_runs.train(bundle, fold_overrides)
+        summary_file = bundle_runs.evaluate(bundle, dict(fold_overrides, eval_split="validation"), out_root / "eval")
         summaries.append(json.loads(summary_file.read_text()))
     result = mean_sd_over_folds(summaries)
     out = out_root / f"crossval_{folds}fold.json"
