@@ -91,7 +91,8 @@ def check_tracking_server(tracking_uri: str, timeout: float = 5.0) -> str:
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+            key = str(key).replace("#", "::")  # config ids as keys ("detector#max_epochs"): MLflow refuses '#'
+            _flatten(f"{prefix}.{key}" if prefix else key, item, out)
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
         for index, item in enumerate(value):
             _flatten(f"{prefix}.{index}", item, out)

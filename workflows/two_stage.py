@@ -19,7 +19,8 @@ was detected.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +31,16 @@ from monai.transforms import Compose, RepeatChannel, RepeatChanneld, ScaleIntens
 
 from breastseg.transforms import LoadBreastImaged, LoadLesionMaskd, paste_back
 from breastseg.transforms.chains import two_stage_msf
+from breastseg.workflows.detection.model import load_detector
 from breastseg.workflows.detection.msf import PAPER_VIEW_SIZES, MultiScaleFusion, detect_at_scales
+from breastseg.workflows.detection.training import read_anchors
+from breastseg.workflows.stages import stage_parser
 
 __all__ = [
     "segmenter_chain",
     "full_image_chain",
     "detector_input",
+    "trained_detector",
     "patch_boxes",
     "WholeImageBox",
     "SingleScaleBoxes",
@@ -86,6 +91,34 @@ def detector_input(in_channels: int = 3) -> Compose:
     if in_channels > 1:
         steps.append(RepeatChannel(repeats=in_channels))
     return Compose(steps)
+
+
+def trained_detector(
+    config_file: str | os.PathLike,
+    shared: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """The detector trained by the bundle's ``detector.json`` (its best ``model.pt``), built with the anchors that
+    training wrote and the configured channels, classes and width; a checkpoint whose anchors or class count
+    differ refuses to load (:func:`~breastseg.workflows.detection.model.load_detector`).
+
+    Args:
+        config_file: the detector stage config.
+        shared, overrides: values set on it first (:func:`~breastseg.workflows.stages.stage_parser`), e.g. the
+            ``ckpt_dir`` and ``output_dir`` the detector was trained with.
+        device: where the detector runs.
+    """
+    parser = stage_parser(config_file, shared, overrides)
+    value = parser.get_parsed_content
+    return load_detector(
+        os.path.join(value("detector#ckpt_dir"), "model.pt"),
+        read_anchors(value("detector#anchors_file")),
+        in_channels=value("detector#in_channels"),
+        num_classes=value("detector#num_classes"),
+        base_channels=value("detector#base_channels"),
+        map_location=device,
+    ).to(device)
 
 
 def patch_boxes(
