@@ -66,6 +66,28 @@ class TestPaperChains(unittest.TestCase):
         _, overlap = self._check_inverse(chain, out, self.mask)
         self.assertGreater(overlap, 0.8)  # up to nearest-neighbour interpolation at 64 px
 
+    def test_train_crop_gives_lesion_balanced_crops_of_the_resized_image(self):
+        for whole, chain in ((brems_net(image_size=64), brems_net(image_size=64, train=True, train_crop=32)),
+                             (connected_unets(image_size=64), connected_unets(image_size=64, train=True, train_crop=32))):
+            full = whole(dict(self.mammo))
+            windows = {
+                (r, c): (full["image"][:, r : r + 32, c : c + 32], full["label"][:, r : r + 32, c : c + 32])
+                for r in range(33) for c in range(33)
+            }
+            chain.set_random_state(seed=0)
+            with_lesion = 0
+            for _ in range(20):
+                crops = chain(dict(self.mammo))
+                self.assertEqual(len(crops), 1)
+                crop = crops[0]
+                self.assertEqual(tuple(crop["image"].shape), (1, 32, 32))
+                matches = [k for k, (image, label) in windows.items()
+                           if torch.equal(image, crop["image"].as_tensor()) and torch.equal(label, crop["label"].as_tensor())]
+                self.assertTrue(matches, "the crop is not a window of the resized image and mask")
+                with_lesion += bool(crop["label"].sum() > 0)
+            self.assertTrue(8 <= with_lesion < 20, with_lesion)  # half centred on a lesion pixel, the rest anywhere
+        self.assertEqual(len(brems_net(image_size=64, train_crop=32).transforms), len(brems_net(image_size=64).transforms))
+
     def test_brems_net_canonical_side_and_inference(self):
         chain = brems_net(image_size=64, canonical_side="left")
         out = chain(dict(self.mammo))

@@ -2,8 +2,8 @@
 
 The picture is built in display units (0 = air/black, 1 = brightest; dense tissue is bright, as in
 MONOCHROME2): a breast outline with a compression fall-off near the skin, fibroglandular texture from
-multi-scale noise, the pectoral muscle on MLO views, masses of several shapes and margins at low
-contrast (a few percent of the display range above the surrounding tissue, with their own texture),
+multi-scale noise, the pectoral muscle on MLO views, masses of several shapes and margins (see
+:data:`MASS_CONTRAST`, with their own texture),
 optional calcification clusters, quantum noise, and, for digitised film, film-border strips and a
 burned-in label. Everything is vectorised; noise is drawn at low resolution and upsampled with
 ``cv2.resize`` so a 1024-row image takes a few tens of milliseconds.
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from skimage.draw import polygon as fill_polygon
 
-__all__ = ["MASS_STYLES", "Lesion", "Mammogram", "render_mammogram", "outline_mask"]
+__all__ = ["MASS_CONTRAST", "MASS_STYLES", "Lesion", "Mammogram", "render_mammogram", "outline_mask"]
 
 #: mass style -> (CBIS-DDSM mass shape, CBIS-DDSM mass margins)
 MASS_STYLES = {
@@ -31,6 +31,12 @@ MASS_STYLES = {
     "spiculated": ("IRREGULAR", "SPICULATED"),
     "ill_defined": ("IRREGULAR", "ILL_DEFINED"),
 }
+
+#: a mass's peak brightness above the surrounding tissue, in display units. Real masses sit a few percent
+#: above it; at that contrast a whole-mammogram network from random initialisation learns nothing within
+#: a CPU budget, and a stand-in dataset on which no model learns cannot tell a broken pipeline from a hard
+#: task. Masses are drawn denser than fibroglandular tissue instead (small ones in dense breasts stay subtle).
+MASS_CONTRAST = (0.2, 0.35)
 
 #: edge blur of a mass, as a fraction of its radius: circumscribed masses are sharp, ill-defined ones fade out
 _EDGE_BLUR = {"round": 0.06, "oval": 0.18, "lobulated": 0.1, "spiculated": 0.12, "ill_defined": 0.4}
@@ -159,7 +165,7 @@ def _add_mass(image: np.ndarray, rng: np.random.Generator, style: str, outline: 
             cv2.line(spicules, (int(round(x)), int(round(y))), end, 0.55, width)
         profile += cv2.GaussianBlur(spicules, (0, 0), max(0.6, width * 0.6))
     texture = 1.0 + 0.25 * _smooth_noise(rng, local_shape, max(2.0, radius / 4))
-    amplitude = rng.uniform(0.06, 0.12)
+    amplitude = rng.uniform(*MASS_CONTRAST)
     image[top:bottom, left:right] += amplitude * profile * texture
 
 
