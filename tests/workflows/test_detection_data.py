@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from parameterized import parameterized
 
-from breastseg.transforms.spatial.boxes import MaskToBoxes, MaskToBoxesd, clip_boxes, scale_boxes
+from breastseg.transforms.spatial.boxes import MaskToBoxes, MaskToBoxesd, RandFlipBoxesd, clip_boxes, scale_boxes
 from breastseg.workflows.detection import (
     FrameGeometry,
     ResizeWithBoxesd,
@@ -97,6 +97,19 @@ class TestFrameTransforms(unittest.TestCase):
         resized = ResizeWithBoxesd("image", box_key="boxes", spatial_size=(64, 32))(sample)
         self.assertEqual(tuple(resized["image"].shape), (1, 64, 32))
         np.testing.assert_allclose(resized["boxes"].numpy(), [[16, 32, 24, 48]])
+
+
+class TestRandFlipBoxes(unittest.TestCase):
+    def test_flipped_boxes_still_frame_the_flipped_mask(self):
+        mask = torch.zeros(1, 32, 20)
+        mask[0, 4:9, 2:7] = 1
+        flipper = RandFlipBoxesd(("image", "label"), box_key="boxes", prob=0.5).set_random_state(seed=0)
+        flips = 0
+        for _ in range(12):
+            sample = flipper({"image": mask.clone(), "label": mask.clone(), "boxes": MaskToBoxes()(mask)})
+            np.testing.assert_array_equal(sample["boxes"].numpy(), MaskToBoxes()(sample["label"]).numpy())
+            flips += int(sample["boxes"][0, 0] == 13)
+        self.assertTrue(0 < flips < 12)  # some flipped (x 2..7 -> 13..18), some not
 
 
 class TestBatches(unittest.TestCase):

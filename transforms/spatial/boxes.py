@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data.box_utils import clip_boxes_to_image
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Flip, MapTransform, RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_numpy
 
-__all__ = ["MaskToBoxes", "MaskToBoxesd", "clip_boxes", "scale_boxes"]
+__all__ = ["MaskToBoxes", "MaskToBoxesd", "RandFlipBoxesd", "clip_boxes", "scale_boxes", "flip_boxes_horizontally"]
 
 
 def clip_boxes(boxes: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
@@ -34,6 +34,14 @@ def scale_boxes(boxes: torch.Tensor, from_size: Sequence[int], to_size: Sequence
     scale_x = float(to_size[1]) / float(from_size[1])
     scale_y = float(to_size[0]) / float(from_size[0])
     return boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
+
+
+def flip_boxes_horizontally(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """Boxes of an image of ``width`` columns mirrored left-right (half-open bounds stay half-open)."""
+    flipped = boxes.clone()
+    flipped[..., 0] = width - boxes[..., 2]
+    flipped[..., 2] = width - boxes[..., 0]
+    return flipped
 
 
 class MaskToBoxes(Transform):
@@ -88,4 +96,39 @@ class MaskToBoxesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[self.box_key] = self.converter(d[key])
+        return d
+
+
+class RandFlipBoxesd(RandomizableTransform, MapTransform):
+    """Mirror images left-right with probability ``prob`` and their boxes along (one draw per sample).
+
+    The images go through MONAI ``Flip`` (recorded in ``applied_operations``); MONAI's ``RandFlipBoxd`` is not
+    used because it takes the first spatial axis as x.
+
+    Args:
+        keys: image keys (flipped together).
+        box_key: key of the ``(N, 4)`` boxes of those images.
+        prob: probability of the flip.
+        allow_missing_keys: don't raise for missing keys.
+    """
+
+    backend = Flip.backend
+
+    def __init__(self, keys: KeysCollection, box_key: str = "boxes", prob: float = 0.5, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.box_key = box_key
+        self.flipper = Flip(spatial_axis=1)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        width = None
+        for key in self.key_iterator(d):
+            width = int(d[key].shape[-1])
+            d[key] = self.flipper(d[key])
+        if width is not None and self.box_key in d:
+            d[self.box_key] = flip_boxes_horizontally(torch.as_tensor(d[self.box_key]), width)
         return d

@@ -38,7 +38,7 @@ from monai.data import MetaTensor, list_data_collate
 from monai.transforms import Compose, DeleteItemsd, MapTransform, Pad, Resize, ScaleIntensityd
 
 from breastseg.transforms.io import LoadBreastImaged, LoadLesionMaskd
-from breastseg.transforms.spatial.boxes import MaskToBoxesd, clip_boxes, scale_boxes
+from breastseg.transforms.spatial.boxes import MaskToBoxesd, RandFlipBoxesd, clip_boxes, scale_boxes
 
 __all__ = [
     "PAPER_FRAME_SIZE",
@@ -204,6 +204,7 @@ def detector_chain(
     fit: str = "stretch",
     with_boxes: bool = True,
     reader: str = "pydicom",
+    flip_prob: float = 0.0,
 ) -> Compose:
     """Datalist record -> ``image`` (1, H, W) in [0, 1] in the detector frame, ``boxes`` (N, 4) mass boxes in it.
 
@@ -214,6 +215,8 @@ def detector_chain(
         fit: ``"stretch"`` or ``"pad"`` (module docstring).
         with_boxes: ``False`` loads the image only (inference).
         reader: image reader of :class:`~breastseg.transforms.io.LoadBreastImaged`.
+        flip_prob: probability of a left-right mirror of image and boxes (training augmentation, last in the
+            chain so the cache holds the unflipped frame; paper 002 gives no augmentation, Darknet flips).
 
     The mask is read with the project's rules (CBIS-DDSM mass rows OR-ed, INbreast mass ROIs only) and dropped
     once the boxes are taken: the detector needs no mask and a 2048 x 1024 mask would double the cache.
@@ -227,6 +230,8 @@ def detector_chain(
     ]
     if input_size is not None:
         steps.append(ResizeWithBoxesd("image", box_key="boxes", spatial_size=input_size))
+    if flip_prob > 0:
+        steps.append(RandFlipBoxesd("image", box_key="boxes", prob=flip_prob))
     return Compose(steps)
 
 
