@@ -10,7 +10,8 @@
 Each evaluator writes its own ``cases.csv``/``summary.json`` in ``<eval_dir>/<setup>``
 (:class:`PipelineCaseReportWriter` adds the boxes and a ``detected`` column: a mammogram with no box is a miss,
 scored Dice 0 by the empty-mask rule). :func:`write_tables` gathers them into ``table4.md``, ``table5.md`` and
-``tables.json``; :func:`log_tables` logs them with every set-up's de-identified report to the evaluation's MLflow
+``tables.json``; the detector stage's Tables 1-2 (``detection_tables.json``/``.md``) are written beside them by
+:func:`breastseg.workflows.detection.detection_tables`; :func:`log_tables` logs them all with every set-up's de-identified report to the evaluation's MLflow
 run and closes it.
 """
 
@@ -26,10 +27,12 @@ from ignite.engine import Engine
 
 from breastseg.workflows.evaluation import CaseReportWriter
 
-__all__ = ["PATCH_SETUP", "TABLE5_SETUPS", "PipelineCaseReportWriter", "write_tables", "log_tables"]
+__all__ = ["DETECTION_TABLES", "PATCH_SETUP", "TABLE5_SETUPS", "PipelineCaseReportWriter", "write_tables", "log_tables"]
 
 logger = logging.getLogger("breastseg.two_stage")
 
+#: the detector stage's Tables 1-2 (:func:`breastseg.workflows.detection.detection_tables`)
+DETECTION_TABLES = "detection_tables.json"
 #: folder of the patch evaluation (Table 4)
 PATCH_SETUP = "patch"
 #: Table 5 set-ups: folder -> the paper's row name
@@ -124,9 +127,18 @@ def log_tables(eval_dir: str | Path, tracker: Any) -> None:
     tables = json.loads((eval_dir / "tables.json").read_text())
     metrics = {"table4_patch_dice": tables["table4"]["dice"]}
     metrics.update({f"table5_{setup}_dice": row["dice"] for setup, row in tables["table5"].items()})
+    detection = eval_dir / DETECTION_TABLES
+    if detection.is_file():  # Tables 1-2 of the detector stage's evaluation
+        found = json.loads(detection.read_text())
+        for row in found.get("single_scale", []):
+            metrics["table1_ap50_view_{}x{}".format(*row["view_size"])] = row["ap50"]
+        for row in found.get("msf", []):
+            metrics[f"table2_msf_lambda_{row['lambda']}_tpr"] = row["tpr"]
+            metrics[f"table2_msf_lambda_{row['lambda']}_fp_per_image"] = row["fp_per_image"]
     tracker._log_metrics({k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}, step=0)
-    for name in ("table4.md", "table5.md", "tables.json"):
-        tracker._guard("artifact logging", tracker.client.log_artifact, tracker.run_id, str(eval_dir / name), "evaluation")
+    for name in ("table4.md", "table5.md", "tables.json", DETECTION_TABLES, "detection_tables.md"):
+        if (eval_dir / name).is_file():
+            tracker._guard("artifact logging", tracker.client.log_artifact, tracker.run_id, str(eval_dir / name), "evaluation")
     for setup in TABLE5_SETUPS:
         public = eval_dir / setup / "mlflow"
         if public.is_dir():

@@ -2,7 +2,7 @@
 
 One module-scoped ``run training`` of ``train.json`` trains the detector (``detector.json``, as its own stage) and
 then the segmenter, one epoch each on a tiny synthetic CBIS-DDSM (256-row mammograms, 64x64 patches, a narrow
-YOLOv3); evaluation (Tables 4 and 5), inference (mask, overlay, boxes), the anchors check and the TorchScript
+YOLOv3); evaluation (Tables 1-2 of the detector stage, 4 and 5), inference (mask, overlay, boxes), the anchors check and the TorchScript
 export of the segmenter use it.
 """
 
@@ -24,11 +24,10 @@ TRAIN = str(BUNDLE / "configs" / "train.json")
 EVALUATE = str(BUNDLE / "configs" / "evaluate.json")
 INFERENCE = str(BUNDLE / "configs" / "inference.json")
 EXPERIMENT = "breastseg-two_stage_msf"
-DETECTOR = {"detector#base_channels": 4, "detector#batch_size": 4}
+DETECTOR = {"detector#base_channels": 4, "detector#batch_size": 4, "detector#frame_size": [256, 128]}
 DETECTOR_TRAINING = {
     **DETECTOR,
     "detector#max_epochs": 1,
-    "detector#frame_size": [256, 128],
     "detector#input_size": [128, 64],
     "detector#min_width": 64,
     "detector#max_width": 96,
@@ -87,11 +86,14 @@ def test_evaluation_writes_tables_4_and_5_and_scores_misses(workspace, trained):
                 assert row["status"] == "missed" and float(row["dice"]) == 0.0
         if setup == "one_stage":  # the whole image is always its one box
             assert all(row["detected"] == "True" for row in rows)
+    detection = json.loads((eval_dir / "detection_tables.json").read_text())  # Tables 1-2 of the detector stage
+    assert [row["lambda"] for row in detection["msf"]] == [0.0, 0.5, 0.6, 0.7] and len(detection["single_scale"]) == 3
     metrics = run.data.metrics
+    assert "table2_msf_lambda_0.6_tpr" in metrics and "table1_ap50_view_128x64" in metrics
     assert {"table4_patch_dice", "table5_one_stage_dice", "table5_two_stage_single_scale_dice", "table5_two_stage_msf_dice"} <= set(metrics)
     assert metrics["table5_two_stage_msf_dice"] == pytest.approx(tables["table5"]["two_stage_msf"]["dice"])
     artifacts = {a.path for a in client(workspace).list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/table5.md", "evaluation/two_stage_msf", "evaluation/cases.csv"} <= artifacts
+    assert {"evaluation/table5.md", "evaluation/detection_tables.md", "evaluation/two_stage_msf", "evaluation/cases.csv"} <= artifacts
     assert "case_id" not in (eval_dir / "two_stage_msf" / "mlflow" / "cases.csv").read_text().splitlines()[0].split(",")
 
 
