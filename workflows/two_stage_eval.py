@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,7 +29,16 @@ from ignite.engine import Engine
 
 from breastseg.workflows.evaluation import CaseReportWriter
 
-__all__ = ["DETECTION_TABLES", "PATCH_SETUP", "TABLE5_SETUPS", "PipelineCaseReportWriter", "write_tables", "log_tables"]
+__all__ = [
+    "DETECTION_TABLES",
+    "PATCH_SETUP",
+    "HEADLINE_SETUP",
+    "TABLE5_SETUPS",
+    "PipelineCaseReportWriter",
+    "write_tables",
+    "log_tables",
+    "average_tables",
+]
 
 logger = logging.getLogger("breastseg.two_stage")
 
@@ -35,6 +46,8 @@ logger = logging.getLogger("breastseg.two_stage")
 DETECTION_TABLES = "detection_tables.json"
 #: folder of the patch evaluation (Table 4)
 PATCH_SETUP = "patch"
+#: the set-up whose summary is the evaluation's ``summary.json``: the full pipeline
+HEADLINE_SETUP = "two_stage_msf"
 #: Table 5 set-ups: folder -> the paper's row name
 TABLE5_SETUPS = {
     "one_stage": "one-stage",
@@ -112,6 +125,9 @@ def write_tables(eval_dir: str | Path, model: str) -> dict[str, Any]:
     (eval_dir / "table4.md").write_text("\n".join(table4) + "\n")
     (eval_dir / "table5.md").write_text("\n".join(table5) + "\n")
     (eval_dir / "tables.json").write_text(json.dumps(tables, indent=4, default=str) + "\n")
+    headline = eval_dir / HEADLINE_SETUP / "summary.json"
+    if headline.is_file():  # the pipeline's result is the evaluation's summary (``breastseg cv``, print_summary)
+        (eval_dir / "summary.json").write_text(headline.read_text())
     for line in table4 + [""] + table5:
         logger.info(line)
     return tables
@@ -144,3 +160,34 @@ def log_tables(eval_dir: str | Path, tracker: Any) -> None:
         if public.is_dir():
             tracker._guard("artifact logging", tracker.client.log_artifacts, tracker.run_id, str(public), f"evaluation/{setup}")
     tracker.close()
+
+
+def average_tables(eval_dirs: Sequence[str | Path], output_file: str | Path | None = None) -> dict[str, Any]:
+    """The paper's protocol summary: Table 4/5 Dice over repeated random splits (T1 ... T5), as mean ± standard
+    error (sample SD / sqrt(n), the paper's "±") of the splits' values, each split's value kept.
+
+    Args:
+        eval_dirs: one evaluation folder (with ``tables.json``) per split.
+        output_file: when given, the result is written there as JSON.
+
+    Raises:
+        FileNotFoundError: naming the folder without ``tables.json``.
+    """
+    values: dict[str, list[float]] = {}
+    for folder in eval_dirs:
+        path = Path(folder) / "tables.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tables.json in {folder}: evaluate that split first")
+        tables = json.loads(path.read_text())
+        values.setdefault("table4_patch_dice", []).append(float(tables["table4"]["dice"]))
+        for setup, row in tables["table5"].items():
+            values.setdefault(f"table5_{setup}_dice", []).append(float(row["dice"]))
+    result: dict[str, Any] = {"splits": len(eval_dirs)}
+    for name, series in values.items():
+        defined = [v for v in series if math.isfinite(v)]
+        mean = statistics.fmean(defined) if defined else math.nan
+        error = statistics.stdev(defined) / math.sqrt(len(defined)) if len(defined) > 1 else math.nan
+        result[name] = {"per_split": series, "mean": mean, "standard_error": error}
+    if output_file is not None:
+        Path(output_file).write_text(json.dumps(result, indent=4) + "\n")
+    return result

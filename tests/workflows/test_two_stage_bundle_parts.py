@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from breastseg.workflows.stages import run_stage, stage_content, stage_overrides
-from breastseg.workflows.two_stage_eval import TABLE5_SETUPS, write_tables
+from breastseg.workflows.two_stage_eval import TABLE5_SETUPS, average_tables, write_tables
 from breastseg.workflows.two_stage_inference import BOX_COLOUR, CONTOUR_COLOUR, overlay
 
 
@@ -79,6 +79,22 @@ def test_tables_4_and_5_from_the_setups_summaries(tmp_path):
     assert rows[1] == "| v19unetplusplus | two-stage w/o MSF | n/a | 0 | 0 |"  # not evaluated
     assert rows[2] == "| v19unetplusplus | two-stage with MSF | 80.44 | 7 | 1 |"
     assert json.loads((tmp_path / "tables.json").read_text())["table5"]["two_stage_msf"]["missed"] == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["metrics"]["dice"]["mean"] == 0.8044  # the pipeline's
+
+
+def test_repeated_splits_give_mean_and_standard_error(tmp_path):
+    for split, (patch, msf) in enumerate([(0.90, 0.70), (0.92, 0.80), (0.94, 0.90)]):
+        _summary(tmp_path / f"T{split}" / "patch", patch, 4)
+        _summary(tmp_path / f"T{split}" / "two_stage_msf", msf, 4)
+        write_tables(tmp_path / f"T{split}", "v19unetplusplus")
+    result = average_tables([tmp_path / f"T{split}" for split in range(3)], tmp_path / "protocol.json")
+    assert result["splits"] == 3
+    assert result["table4_patch_dice"]["mean"] == pytest.approx(0.92)
+    assert result["table5_two_stage_msf_dice"]["standard_error"] == pytest.approx(0.1 / 3**0.5)  # SD 0.1, n 3
+    assert result["table5_two_stage_msf_dice"]["per_split"] == [0.7, 0.8, 0.9]
+    assert json.loads((tmp_path / "protocol.json").read_text())["splits"] == 3
+    with pytest.raises(FileNotFoundError, match="no tables.json in"):
+        average_tables([tmp_path / "absent"])
 
 
 def test_overlay_draws_boxes_and_mask_contours():
