@@ -190,6 +190,10 @@ class _DetectorBoxes:
     ) -> None:
         self.detector = detector
         self.view_sizes = [tuple(int(v) for v in size) for size in view_sizes]
+        stride = getattr(detector, "size_divisor", 1)
+        wrong = [size for size in self.view_sizes if len(size) != 2 or min(size) <= 0 or any(v % stride for v in size)]
+        if wrong:  # found before any image is read, not at the first detection
+            raise ValueError(f"detector view sizes {wrong} must be positive (H, W) multiples of {stride}")
         self.conf_thresholds = conf_thresholds
         self.nms_thresholds = nms_thresholds
         self.preprocess = preprocess or detector_input(_input_channels(detector))

@@ -146,6 +146,10 @@ class TestDetectorBoxes(unittest.TestCase):
         self.assertGreater(len(detections), 0)
         self.assertTrue((detections[:, [0, 2]] <= 64).all() and (detections[:, [1, 3]] <= 128).all())
 
+    def test_views_must_suit_the_detector_stride(self):
+        with self.assertRaisesRegex(ValueError, r"view sizes \[\(160, 80\)\] must be positive \(H, W\) multiples of 32"):
+            MultiScaleFusionBoxes(self.detector, view_sizes=[(128, 64), (160, 80)])
+
     def test_detector_input_is_unit_range_with_the_detector_channels(self):
         view = detector_input(3)(mammogram())
         self.assertEqual(tuple(view.shape), (3, 60, 40))
