@@ -77,6 +77,32 @@ class TestMultiScaleSchedule(unittest.TestCase):
             np.testing.assert_allclose(boxes, [[16 * scale_x, 32 * scale_y, 48 * scale_x, 96 * scale_y]], rtol=1e-5)
 
 
+    def test_crops_keep_the_scale_and_frame_the_masses(self):
+        schedule = MultiScaleSchedule(min_width=64, max_width=96, interval=3, seed=1)
+        batch = collate_boxes(
+            [
+                {"image": torch.arange(256 * 128.0).reshape(1, 256, 128), "boxes": torch.tensor([[40.0, 100, 60, 120]])},
+                {"image": torch.rand(1, 256, 128), "boxes": torch.zeros(0, 4)},
+            ]
+        )
+        seen = []
+        engine = Engine(lambda engine, batch: seen.append(batch))
+        MultiScaleResize(schedule, crop_size=(64, 64), positive_fraction=1.0).attach(engine)
+        engine.run([batch] * 6, max_epochs=1)
+        for iteration, cropped in enumerate(seen, start=1):
+            self.assertEqual(tuple(cropped["image"].shape), (2, 1, 64, 64))
+            mass, normal = unpad_boxes(cropped["label"])
+            self.assertEqual((len(mass), len(normal)), (1, 0))
+            height, width = schedule.size_at(iteration)
+            size = mass[0, 2:] - mass[0, :2]
+            self.assertTrue(bool((size > 0).all()))  # a window holding the mass centre keeps part of it
+            self.assertLessEqual(float(size[0]), 20 * width / 128 + 1e-4)  # never larger than the resized mass
+            self.assertLessEqual(float(size[1]), 20 * height / 256 + 1e-4)
+            self.assertTrue(bool((mass[0] >= 0).all() and (mass[0] <= 64).all()))
+        with self.assertRaisesRegex(ValueError, "exceeds the smallest multi-scale size"):
+            MultiScaleResize(schedule, crop_size=(256, 64))
+
+
 class TestDetectorLoss(unittest.TestCase):
     def test_padded_batch_gives_the_yolo_loss_of_the_box_lists(self):
         torch.manual_seed(0)

@@ -31,6 +31,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
@@ -50,6 +51,7 @@ __all__ = [
     "collate_boxes",
     "unpad_boxes",
     "resize_batch",
+    "crop_batch",
 ]
 
 #: the paper's full-mammogram size, (H, W) = 2048 x 1024 (portrait)
@@ -272,3 +274,43 @@ def resize_batch(batch: dict[str, Any], size: Sequence[int], image_key: str = "i
     scaled[..., :4] = scale_boxes(label[..., :4], source, size)
     resized[label_key] = scaled
     return resized
+
+
+def crop_batch(
+    batch: dict[str, Any],
+    crop_size: Sequence[int],
+    rng: np.random.Generator,
+    positive_fraction: float = 0.5,
+    image_key: str = "image",
+    label_key: str = "label",
+) -> dict[str, Any]:
+    """Cut one ``crop_size`` (H, W) window per image of a batch; boxes shifted into it and clipped.
+
+    With probability ``positive_fraction`` (for images with boxes) the window holds the centre of one box drawn
+    at random (its position inside the window uniform), else it lies anywhere in the image. Boxes left with no
+    area become padding rows. Sides of ``crop_size`` larger than the images are refused.
+    """
+    images = batch[image_key]
+    rows, cols = (int(v) for v in images.shape[2:])
+    crop_rows, crop_cols = (int(v) for v in crop_size)
+    if crop_rows > rows or crop_cols > cols:
+        raise ValueError(f"crop_size {tuple(crop_size)} exceeds the batch images {(rows, cols)}.")
+    crops, labels = [], []
+    for image, boxes in zip(images, unpad_boxes(batch[label_key])):
+        if len(boxes) and rng.random() < positive_fraction:
+            x0, y0, x1, y1 = boxes[int(rng.integers(len(boxes)))].tolist()
+            centre_x, centre_y = (x0 + x1) / 2, (y0 + y1) / 2
+            top = int(np.clip(centre_y - rng.uniform(0, crop_rows), 0, rows - crop_rows))
+            left = int(np.clip(centre_x - rng.uniform(0, crop_cols), 0, cols - crop_cols))
+        else:
+            top, left = int(rng.integers(rows - crop_rows + 1)), int(rng.integers(cols - crop_cols + 1))
+        crops.append(image[:, top : top + crop_rows, left : left + crop_cols])
+        labels.append(clip_boxes(boxes - boxes.new_tensor([left, top, left, top]), (crop_rows, crop_cols)))
+    cropped = dict(batch)
+    cropped[image_key] = torch.stack(crops)
+    padded = torch.full((len(labels), max((len(b) for b in labels), default=0), 5), PADDING_CLASS)
+    for index, image_boxes in enumerate(labels):
+        padded[index, : len(image_boxes), :4] = image_boxes
+        padded[index, : len(image_boxes), 4] = 0.0
+    cropped[label_key] = padded
+    return cropped

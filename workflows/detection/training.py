@@ -27,7 +27,7 @@ from breastseg.networks.yolo_loss import YOLOv3Loss
 from breastseg.networks.yolov3 import YOLO_STRIDES, validate_anchors
 
 from .anchors import box_sizes, kmeans_anchors, mean_best_iou
-from .data import resize_batch, unpad_boxes
+from .data import crop_batch, resize_batch, unpad_boxes
 
 __all__ = [
     "MultiScaleSchedule",
@@ -94,13 +94,33 @@ class MultiScaleResize:
     Images are resized bilinearly with antialiasing (as the MSF views are made) and the padded boxes of the
     batch's ``label`` are scaled along; the size in use is ``engine.state.input_size``.
 
+    With ``crop_size`` the network is then fed one ``crop_size`` window per resized image instead of the whole
+    image (:func:`~breastseg.workflows.detection.data.crop_batch`, windows drawn from the schedule's seed and the
+    iteration): the schedule sets the scale, the crop the compute. A CPU shortcut, not the paper's recipe
+    (``None``, the default, trains on whole images).
+
     Args:
         schedule: the :class:`MultiScaleSchedule`.
+        crop_size: optional (H, W) window, no larger than the schedule's smallest size.
+        positive_fraction: share of windows centred on a mass (images with masses only).
         image_key, label_key: batch keys of images and padded boxes.
     """
 
-    def __init__(self, schedule: MultiScaleSchedule, image_key: str = "image", label_key: str = "label") -> None:
+    def __init__(
+        self,
+        schedule: MultiScaleSchedule,
+        crop_size: Sequence[int] | None = None,
+        positive_fraction: float = 0.5,
+        image_key: str = "image",
+        label_key: str = "label",
+    ) -> None:
+        if crop_size is not None:
+            smallest = min(schedule.sizes)
+            if crop_size[0] > smallest[0] or crop_size[1] > smallest[1]:
+                raise ValueError(f"crop_size {tuple(crop_size)} exceeds the smallest multi-scale size {smallest}.")
         self.schedule = schedule
+        self.crop_size = None if crop_size is None else tuple(int(v) for v in crop_size)
+        self.positive_fraction = positive_fraction
         self.image_key = image_key
         self.label_key = label_key
 
@@ -109,8 +129,13 @@ class MultiScaleResize:
             engine.add_event_handler(Events.ITERATION_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        size = self.schedule.size_at(engine.state.iteration)
-        engine.state.batch = resize_batch(engine.state.batch, size, self.image_key, self.label_key)
+        iteration = engine.state.iteration
+        size = self.schedule.size_at(iteration)
+        batch = resize_batch(engine.state.batch, size, self.image_key, self.label_key)
+        if self.crop_size is not None:
+            rng = np.random.default_rng([self.schedule.seed, iteration, 1])
+            batch = crop_batch(batch, self.crop_size, rng, self.positive_fraction, self.image_key, self.label_key)
+        engine.state.batch = batch
         engine.state.input_size = size
 
 
