@@ -76,7 +76,7 @@ class FrameGeometry:
     pad: tuple[tuple[int, int], tuple[int, int]]
 
     @classmethod
-    def of(cls, original_size: Sequence[int], frame_size: Sequence[int] = PAPER_FRAME_SIZE, fit: str = "stretch") -> "FrameGeometry":
+    def of(cls, original_size: Sequence[int], frame_size: Sequence[int] = PAPER_FRAME_SIZE, fit: str = "stretch") -> FrameGeometry:
         """The geometry of ``fit`` (``"stretch"`` or ``"pad"``, see the module docstring).
 
         Raises:

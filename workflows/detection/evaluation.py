@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,7 @@ def detection_tables(
 
 
 def _percent(value: float) -> str:
-    return "n/a" if value != value else f"{100 * value:.2f}"
+    return "n/a" if math.isnan(value) else f"{100 * value:.2f}"
 
 
 def detection_markdown(tables: dict[str, Any]) -> str:

@@ -72,7 +72,7 @@ class MultiScaleSchedule:
         self.seed = int(seed)
 
     def height_of(self, width: int) -> int:
-        return max(_DIVISOR, int(round(width * self.aspect / _DIVISOR)) * _DIVISOR)
+        return max(_DIVISOR, round(width * self.aspect / _DIVISOR) * _DIVISOR)
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -214,8 +214,8 @@ def fit_anchors(
             "anchors": anchors.tolist(),
             "input_size": [int(v) for v in input_size],
             "frame_size": [int(v) for v in frame_size],
-            "boxes": int(len(sizes)),
-            "mean_best_iou": round(quality, 4),
+            "boxes": len(sizes),
+            "mean_best_iou": round(float(quality), 4),
             "seed": int(seed),
         }
         path.write_text(json.dumps(record, indent=2) + "\n")
