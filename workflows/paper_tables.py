@@ -18,7 +18,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-__all__ = ["PixelROCWriter", "table_row", "format_table", "write_table", "ROC_FILE"]
+__all__ = ["PixelROCWriter", "table_row", "format_table", "percent_cell", "write_table", "ROC_FILE"]
 
 logger = logging.getLogger("breastseg.paper_tables")
 
@@ -113,6 +113,11 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Sequence[A
         cells = [str(row["model"])] + [_cell(row.get(c[0])) for c in columns] + [str(row.get("n_cases"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def percent_cell(value: float) -> str:
+    """A fraction as a percentage cell with two decimals; ``n/a`` when undefined (NaN)."""
+    return "n/a" if math.isnan(value) else f"{100 * value:.2f}"
 
 
 def _cell(value: Any) -> str:

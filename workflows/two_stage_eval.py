@@ -28,6 +28,7 @@ from typing import Any, Mapping
 from ignite.engine import Engine
 
 from breastseg.workflows.evaluation import CaseReportWriter
+from breastseg.workflows.paper_tables import percent_cell
 
 __all__ = [
     "DETECTION_TABLES",
@@ -100,9 +101,6 @@ def _dice(summary: Mapping[str, Any] | None) -> tuple[float, int]:
     return float(stats["mean"]), int(stats["n"])
 
 
-def _percent(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{100 * value:.2f}"
-
 
 def write_tables(eval_dir: str | Path, model: str) -> dict[str, Any]:
     """Table 4 (patch Dice) and Table 5 (full-image Dice per set-up) of ``model`` from the set-ups' summaries.
@@ -118,10 +116,10 @@ def write_tables(eval_dir: str | Path, model: str) -> dict[str, Any]:
         dice, count = _dice(summary)
         missed = (summary or {}).get("status_counts", {}).get("missed", 0)
         tables["table5"][setup] = {"setup": TABLE5_SETUPS[setup], "dice": dice, "n": count, "missed": missed}
-    table4 = ["| Method | Dice (%) | n patches |", "|---|---|---|", f"| {model} | {_percent(patch_dice)} | {patch_n} |"]
+    table4 = ["| Method | Dice (%) | n patches |", "|---|---|---|", f"| {model} | {percent_cell(patch_dice)} | {patch_n} |"]
     table5 = ["| Method | Setup | Dice (%) | n images | missed |", "|---|---|---|---|---|"]
     for row in tables["table5"].values():
-        table5.append(f"| {model} | {row['setup']} | {_percent(row['dice'])} | {row['n']} | {row['missed']} |")
+        table5.append(f"| {model} | {row['setup']} | {percent_cell(row['dice'])} | {row['n']} | {row['missed']} |")
     (eval_dir / "table4.md").write_text("\n".join(table4) + "\n")
     (eval_dir / "table5.md").write_text("\n".join(table5) + "\n")
     (eval_dir / "tables.json").write_text(json.dumps(tables, indent=4, default=str) + "\n")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from breastseg.workflows.paper_tables import percent_cell
+
 from .data import detector_chain
 from .metrics import average_precision, froc_curve
-from .msf import PAPER_VIEW_SIZES, MultiScaleFusion, detect_at_scales
+from .msf import PAPER_VIEW_SIZES, MultiScaleFusion, detect_at_scales, per_view
 
 __all__ = ["PAPER_LAMBDAS", "detection_tables", "detection_markdown"]
 
@@ -30,12 +31,6 @@ logger = logging.getLogger("breastseg.detection")
 #: the lambdas of paper 002's Table 2
 PAPER_LAMBDAS = (0.0, 0.5, 0.6, 0.7)
 
-
-def _per_view(value: float | Sequence[float], count: int, name: str) -> list[float]:
-    values = [float(value)] * count if isinstance(value, (int, float)) else [float(v) for v in value]
-    if len(values) != count:
-        raise ValueError(f"{name} must be one value or one per view ({count}), got {len(values)}.")
-    return values
 
 
 def _operating_point(detections: list[np.ndarray], truths: list[np.ndarray], iou_threshold: float) -> tuple[float, float]:
@@ -87,8 +82,8 @@ def detection_tables(
     if not records:
         raise ValueError("detection_tables needs at least one record.")
     view_sizes = [tuple(int(v) for v in size) for size in view_sizes]
-    conf = _per_view(conf_thresholds, len(view_sizes), "conf_thresholds")
-    nms = _per_view(nms_thresholds, len(view_sizes), "nms_thresholds")
+    conf = per_view(conf_thresholds, len(view_sizes), "conf_thresholds")
+    nms = per_view(nms_thresholds, len(view_sizes), "nms_thresholds")
     if min(conf) < ap_conf_threshold:
         raise ValueError(f"conf_thresholds {conf} must not be below ap_conf_threshold {ap_conf_threshold}.")
     fusions = [MultiScaleFusion(threshold=float(value)) for value in lambdas]
@@ -96,7 +91,7 @@ def detection_tables(
     detector = detector.to(device).eval()
 
     truths: list[np.ndarray] = []
-    per_view: list[list[np.ndarray]] = [[] for _ in view_sizes]
+    detections_by_view: list[list[np.ndarray]] = [[] for _ in view_sizes]
     per_lambda: list[list[np.ndarray]] = [[] for _ in fusions]
     for record in records:
         sample = chain(dict(record))
@@ -105,7 +100,7 @@ def detection_tables(
         found = detect_at_scales(detector, image, view_sizes, ap_conf_threshold, nms)
         kept = []
         for view, (detections, threshold) in enumerate(zip(found, conf)):
-            per_view[view].append(detections)
+            detections_by_view[view].append(detections)
             kept.append(detections[detections[:, 4] >= threshold])
         for index, fuse in enumerate(fusions):
             per_lambda[index].append(fuse(kept, image_size=tuple(image.shape[1:])).detections)
@@ -114,12 +109,12 @@ def detection_tables(
     has_lesions = lesions > 0
     single = []
     for view, size in enumerate(view_sizes):
-        thresholded = [d[d[:, 4] >= conf[view]] for d in per_view[view]]
+        thresholded = [d[d[:, 4] >= conf[view]] for d in detections_by_view[view]]
         tpr, fp = _operating_point(thresholded, truths, iou_threshold) if has_lesions else (float("nan"), float("nan"))
         single.append(
             {
                 "view_size": list(size),
-                "ap50": average_precision(per_view[view], truths, iou_threshold),
+                "ap50": average_precision(detections_by_view[view], truths, iou_threshold),
                 "tpr": tpr,
                 "fp_per_image": fp,
             }
@@ -155,9 +150,6 @@ def detection_tables(
     return tables
 
 
-def _percent(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{100 * value:.2f}"
-
 
 def detection_markdown(tables: dict[str, Any]) -> str:
     """Tables 1 and 2 of paper 002 as Markdown: AP@0.5 per view and with MSF, TPR@FPavg per lambda."""
@@ -169,11 +161,11 @@ def detection_markdown(tables: dict[str, Any]) -> str:
     ]
     for row in tables["single_scale"]:
         height, width = row["view_size"]
-        lines.append(f"| {width} x {height} | {_percent(row['ap50'])} | {_percent(row['tpr'])} | {row['fp_per_image']:.2f} |")
+        lines.append(f"| {width} x {height} | {percent_cell(row['ap50'])} | {percent_cell(row['tpr'])} | {row['fp_per_image']:.2f} |")
     for row in tables["msf"]:
-        lines.append(f"| MSF, lambda = {row['lambda']:g} | {_percent(row['ap50'])} | {_percent(row['tpr'])} | {row['fp_per_image']:.2f} |")
+        lines.append(f"| MSF, lambda = {row['lambda']:g} | {percent_cell(row['ap50'])} | {percent_cell(row['tpr'])} | {row['fp_per_image']:.2f} |")
     lines += ["", "| lambda | " + " | ".join(f"{row['lambda']:g}" for row in tables["msf"]) + " |"]
     lines.append("|---|" + "---|" * len(tables["msf"]))
-    cells = [f"{_percent(row['tpr'])}@{row['fp_per_image']:.2f}" for row in tables["msf"]]
+    cells = [f"{percent_cell(row['tpr'])}@{row['fp_per_image']:.2f}" for row in tables["msf"]]
     lines.append("| TPR (%) @ FPavg | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ __all__ = [
     "view_to_full_resolution",
     "fusion_map",
     "detect_at_scales",
+    "per_view",
 ]
 
 #: Detector input sizes (H, W) of paper 002's MSF: the paper's W x H 160x320 ... 480x960 views of a 2048x1024
@@ -163,8 +164,8 @@ def detect_at_scales(
     """
     if image.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}.")
-    conf = _per_view(conf_thresholds, len(view_sizes), "conf_thresholds")
-    nms = _per_view(nms_thresholds, len(view_sizes), "nms_thresholds")
+    conf = per_view(conf_thresholds, len(view_sizes), "conf_thresholds")
+    nms = per_view(nms_thresholds, len(view_sizes), "nms_thresholds")
     full_size = tuple(image.shape[1:])
     detector.eval()
     results = []
@@ -177,7 +178,8 @@ def detect_at_scales(
     return results
 
 
-def _per_view(value: float | Sequence[float], count: int, name: str) -> list[float]:
+def per_view(value: float | Sequence[float], count: int, name: str) -> list[float]:
+    """One threshold per view: ``value`` repeated, or checked to hold ``count`` values (``name`` in the error)."""
     values = [float(value)] * count if isinstance(value, (int, float)) else [float(v) for v in value]
     if len(values) != count:
         raise ValueError(f"{name} must be one value or one per view ({count}), got {len(values)}.")
