@@ -139,6 +139,11 @@ class TestAnchors(unittest.TestCase):
             self.assertEqual(read_anchors(target), anchors)
             self.assertEqual(fit_anchors(self.boxes(), (1024, 512), (256, 128), seed=0), anchors)
 
+    def test_boxes_measured_in_a_smaller_training_cache_give_the_same_anchors(self):
+        in_frame = fit_anchors(self.boxes(), (1024, 512), (256, 128), seed=0)
+        in_cache = fit_anchors(self.boxes() / 2, (1024, 512), (256, 128), seed=0, boxes_size=(512, 256))
+        np.testing.assert_allclose(in_cache, in_frame, atol=0.011)  # rounded to 0.01 px
+
     def test_too_few_boxes_and_bad_files_are_refused(self):
         with self.assertRaisesRegex(ValueError, "5 training boxes"):
             fit_anchors(self.boxes()[:5], (1024, 512), (256, 128))

@@ -212,8 +212,9 @@ def detector_chain(
 
     Args:
         frame_size: the frame (H, W); 2048 x 1024 as the paper (smaller frames make short CPU runs lighter).
-        input_size: when given, image and boxes are resized on to this detector input (H, W) (validation);
-            ``None`` keeps the frame (training: :class:`MultiScaleResize` re-sizes every batch).
+        input_size: when given, image and boxes are resized on to this (H, W): the detector input (validation),
+            or the largest multi-scale size (training: the cache holds that, and :class:`MultiScaleResize` only
+            shrinks each batch from it, not from the full frame); ``None`` keeps the frame.
         fit: ``"stretch"`` or ``"pad"`` (module docstring).
         with_boxes: ``False`` loads the image only (inference).
         reader: image reader of :class:`~breastseg.transforms.io.LoadBreastImaged`.

@@ -172,21 +172,23 @@ def fit_anchors(
     output_file: str | Path | None = None,
     seed: int = 0,
     num_anchors: int = 9,
+    boxes_size: Sequence[int] | None = None,
 ) -> list[list[float]]:
     """Nine YOLOv3 anchors by k-means on the training boxes, in pixels of the reference detector input.
 
-    Boxes in frame pixels are scaled to ``input_size`` (the training input the anchors refer to: with
+    Boxes in the pixels of ``boxes_size`` are scaled to ``input_size`` (the training input the anchors refer to: with
     multi-scale training the network sees sizes around it, and the anchors stay fixed in input pixels as in
     YOLOv3), clustered with distance 1 - IoU and sorted by area (anchors 0-2 to the stride-8 head).
 
     Args:
-        boxes: ``(M, 4)`` training boxes in frame pixels (see :func:`training_boxes`).
-        frame_size: (H, W) of the frame the boxes are in.
+        boxes: ``(M, 4)`` training boxes (see :func:`training_boxes`).
+        frame_size: (H, W) of the detector frame (recorded in ``output_file``).
         input_size: (H, W) of the reference detector input.
         output_file: when given, a JSON file ``{"anchors", "input_size", "frame_size", "boxes", "mean_best_iou",
             "seed"}`` is written there (folders created).
         seed: seed of the k-means++ draws.
         num_anchors: 9 for YOLOv3.
+        boxes_size: (H, W) of the image the boxes are in: the training cache's size (default ``frame_size``).
 
     Returns:
         ``num_anchors`` ``[width, height]`` pairs, increasing area, rounded to 0.01 px.
@@ -195,8 +197,9 @@ def fit_anchors(
         ValueError: when there are fewer distinct training boxes than anchors (say how many there are).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scale_x = float(input_size[1]) / float(frame_size[1])
-    scale_y = float(input_size[0]) / float(frame_size[0])
+    source = frame_size if boxes_size is None else boxes_size
+    scale_x = float(input_size[1]) / float(source[1])
+    scale_y = float(input_size[0]) / float(source[0])
     sizes = box_sizes(boxes, scale_x=scale_x, scale_y=scale_y)
     distinct = len(np.unique(sizes, axis=0))
     if distinct < num_anchors:
