@@ -53,18 +53,53 @@ def _resize(keys: tuple[str, ...], size: int | Sequence[int], image_mode: str) -
     return Resized(keys, spatial_size=spatial, mode=modes)
 
 
-def _lesion_balanced_crop(keys: tuple[str, ...], label_key: str | None, size: int | None) -> list[Transform]:
+def _lesion_balanced_crop(
+    keys: tuple[str, ...], image_key: str, label_key: str | None, size: int | None
+) -> list[Transform]:
     """One random ``size`` x ``size`` training crop, centred on a lesion pixel or a background pixel with
-    equal odds; none when ``size`` is ``None`` or the chain has no label."""
+    equal odds; none when ``size`` is ``None`` or the chain has no label.
+
+    Background centres are drawn where the image is above zero, so a negative crop shows breast or film,
+    not the square padding (zero in every whole-mammogram chain) that fills about 40 % of the input.
+    """
     if size is None or label_key is None:
         return []
-    return [RandCropByPosNegLabeld(keys, label_key=label_key, spatial_size=(size, size), pos=1.0, neg=1.0, num_samples=1)]
+    return [
+        RandCropByPosNegLabeld(
+            keys,
+            label_key=label_key,
+            spatial_size=(size, size),
+            pos=1.0,
+            neg=1.0,
+            num_samples=1,
+            image_key=image_key,
+            image_threshold=0.0,
+        )
+    ]
+
+
+def _rotations_and_flips(keys: tuple[str, ...]) -> list[Transform]:
+    """``RandRotate90d`` (k in 1..3, p=0.5) and ``RandFlipd`` on each axis (p=0.5), image and label together."""
+    return [
+        RandRotate90d(keys, prob=0.5, max_k=3),
+        RandFlipd(keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys, prob=0.5, spatial_axis=1),
+    ]
+
+
+def _whole_image_training(
+    keys: tuple[str, ...], image_key: str, label_key: str | None, train_crop: int | None, augment: bool
+) -> list[Transform]:
+    """The random tail of a whole-mammogram chain: the optional crop first (augmenting fewer pixels)."""
+    crop = _lesion_balanced_crop(keys, image_key, label_key, train_crop)
+    return crop + (_rotations_and_flips(keys) if augment else [])
 
 
 def brems_net(
     image_size: int = 512,
     train: bool = False,
     train_crop: int | None = None,
+    augment: bool = False,
     keys: Sequence[str] = ("image", "label"),
     with_label: bool = True,
     canonical_side: str | None = None,
@@ -76,9 +111,11 @@ def brems_net(
         * ``image_size=512``: the paper gives no input size; 512 keeps masses of ~1 cm at ~6 px.
         * The padding is applied before equalisation, so padded pixels share the lowest grey level with
           the background; 256 histogram bins; area interpolation for the image, nearest for the mask.
-        * ``train=True`` adds no random transform: the paper reports no augmentation.
+        * ``train=True`` alone adds no random transform: the paper reports no augmentation.
         * ``train_crop`` (off): with ``train=True``, train on random crops of that size, half of them centred
           on a lesion pixel (a CPU-budget option: cheaper steps, and masses are not 0.1-1 % of every input).
+        * ``augment`` (off, as the paper): with ``train=True``, random 90-degree rotations and flips after the
+          crop (for small training sets; the synthetic default has 47 training mammograms).
         * ``canonical_side`` (``"left"``/``"right"``) optionally flips every breast to one side; off.
     """
     used, image_key, label_key = _keys(keys, with_label)
@@ -90,7 +127,7 @@ def brems_net(
         HistogramEqualized(image_key, num_bins=256),
         _resize(used, image_size, "area"),
     ]
-    return Compose(steps + (_lesion_balanced_crop(used, label_key, train_crop) if train else []))
+    return Compose(steps + (_whole_image_training(used, image_key, label_key, train_crop, augment) if train else []))
 
 
 def unetplusplus_mammo(
@@ -129,11 +166,7 @@ def unetplusplus_mammo(
         ScaleIntensityd(image_key, minv=0.0, maxv=1.0),
     ]
     if train:
-        steps += [
-            RandRotate90d(used, prob=0.5, max_k=3),
-            RandFlipd(used, prob=0.5, spatial_axis=0),
-            RandFlipd(used, prob=0.5, spatial_axis=1),
-        ]
+        steps += _rotations_and_flips(used)
     return Compose(steps)
 
 
@@ -152,7 +185,7 @@ def two_stage_msf(
     Defaults where the paper is silent:
         * ``roi_margin=0.25`` (square patch around the mass, as for 001); inference uses the detector's
           boxes under ``"roi_boxes"``.
-        * ``train=True`` adds no random transform: the paper reports none for this stage.
+        * ``train=True`` alone adds no random transform: the paper reports none.for this stage.
     """
     used, image_key, label_key = _keys(keys, with_label)
     steps = _load(image_key, label_key, reader)
@@ -190,6 +223,7 @@ def connected_unets(
     dataset: str = "cbis-ddsm",
     train: bool = False,
     train_crop: int | None = None,
+    augment: bool = False,
     border_fraction: float = 0.01,
     clahe_clip: float = 0.01,
     clahe_tiles: int | Sequence[int] = 8,
@@ -210,8 +244,8 @@ def connected_unets(
           an image with no breast raises a ``ValueError`` naming the file.
         * CLAHE ``clahe_clip=0.01`` (skimage semantics), ``clahe_tiles=8``, 256 bins.
         * Square padding is breast-centred like BReMS-Net's; area interpolation for the image.
-        * ``train=True`` adds no random transform: the paper reports none.
-        * ``train_crop`` (off): as :func:`brems_net`'s, random lesion-balanced training crops.
+        * ``train=True`` alone adds no random transform: the paper reports none.
+        * ``train_crop`` (off) and ``augment`` (off): as :func:`brems_net`'s.
     """
     if dataset not in CONNECTED_UNETS_DATASETS:
         raise ValueError(f"dataset must be one of {CONNECTED_UNETS_DATASETS}, got {dataset!r}")
@@ -229,4 +263,4 @@ def connected_unets(
         BreastCentredSquarePadd(used, reference_key=image_key),
         _resize(used, image_size, "area"),
     ]
-    return Compose(steps + (_lesion_balanced_crop(used, label_key, train_crop) if train else []))
+    return Compose(steps + (_whole_image_training(used, image_key, label_key, train_crop, augment) if train else []))

@@ -15,6 +15,24 @@ torch.set_num_threads(1)
 ROWS, COLS = 160, 128
 
 
+def _symmetry_of_window(full, crop):
+    """``(k, flipped)`` such that ``crop`` (image and label) is a window of the whole sample rotated k times by
+    90 degrees and then optionally flipped; ``None`` if it is no such window."""
+    size = crop["image"].shape[-1]
+    for k in range(4):
+        for flipped in (False, True):
+            image, label = (torch.rot90(full[key].as_tensor(), k, (1, 2)) for key in ("image", "label"))
+            if flipped:
+                image, label = torch.flip(image, (1,)), torch.flip(label, (1,))
+            for r in range(image.shape[1] - size + 1):
+                for c in range(image.shape[2] - size + 1):
+                    if torch.equal(image[:, r : r + size, c : c + size], crop["image"].as_tensor()) and torch.equal(
+                        label[:, r : r + size, c : c + size], crop["label"].as_tensor()
+                    ):
+                        return k, flipped
+    return None
+
+
 class TestPaperChains(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -87,6 +105,32 @@ class TestPaperChains(unittest.TestCase):
                 with_lesion += bool(crop["label"].sum() > 0)
             self.assertTrue(8 <= with_lesion < 20, with_lesion)  # half centred on a lesion pixel, the rest anywhere
         self.assertEqual(len(brems_net(image_size=64, train_crop=32).transforms), len(brems_net(image_size=64).transforms))
+
+    def test_train_crop_backgrounds_are_drawn_inside_the_image_not_the_padding(self):
+        with tempfile.TemporaryDirectory() as root:
+            # a narrow film: about 70 % of the square input is padding
+            image, mask = phantom_mammogram(160, 48, lesions=((80, 10, 6),), artefacts=False)
+            sample = {
+                "image": write_dicom(f"{root}/narrow.dcm", image),
+                "label": [write_dicom(f"{root}/narrow_roi.dcm", mask.astype(np.uint16) * 255)],
+                "label_format": "dicom",
+            }
+            for chain in (brems_net(image_size=64, train=True, train_crop=12),
+                          connected_unets(image_size=64, train=True, train_crop=12)):
+                chain.set_random_state(seed=0)
+                crops = [chain(dict(sample))[0] for _ in range(30)]
+                self.assertTrue(all(float(crop["image"].max()) > 0 for crop in crops), "a crop of padding only")
+                self.assertTrue(any(float(crop["label"].sum()) == 0 for crop in crops))  # negatives are drawn
+
+    def test_augment_rotates_and_flips_image_and_label_together(self):
+        plain = connected_unets(image_size=64, train=True, train_crop=32)
+        augmented = connected_unets(image_size=64, train=True, train_crop=32, augment=True)
+        self.assertEqual(len(augmented.transforms), len(plain.transforms) + 3)
+        full = connected_unets(image_size=64)(dict(self.mammo))
+        augmented.set_random_state(seed=0)
+        symmetries = [_symmetry_of_window(full, augmented(dict(self.mammo))[0]) for _ in range(20)]
+        self.assertNotIn(None, symmetries, "a crop is not a rotated/flipped window of the image with its label")
+        self.assertGreater(sum(symmetry != (0, False) for symmetry in symmetries), 5)
 
     def test_brems_net_canonical_side_and_inference(self):
         chain = brems_net(image_size=64, canonical_side="left")
