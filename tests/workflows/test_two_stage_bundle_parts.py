@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from monai.bundle import ConfigParser
 
 from breastseg.workflows.stages import run_stage, stage_content, stage_overrides
 from breastseg.workflows.two_stage_eval import TABLE5_SETUPS, average_tables, write_tables
 from breastseg.workflows.two_stage_inference import BOX_COLOUR, CONTOUR_COLOUR, overlay
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -107,3 +111,17 @@ def test_overlay_draws_boxes_and_mask_contours():
     assert tuple(picture[20, 10]) == CONTOUR_COLOUR and tuple(picture[25, 5]) == CONTOUR_COLOUR
     assert picture[25, 10, 0] == picture[25, 10, 1] == picture[25, 10, 2]  # inside the mass: the grey image
     assert overlay(image, np.zeros_like(mask), np.zeros((0, 5))).std(axis=2).max() == 0  # nothing found: grey only
+
+
+@pytest.mark.parametrize("base", ["train.json", "inference.json"])
+def test_the_short_cpu_overlay_only_sets_ids_the_configs_have(base):
+    """``short_cpu.json`` is laid over train/evaluate and inference: a renamed id would otherwise add a dead key."""
+    configs = ROOT / "bundles" / "two_stage_msf" / "configs"
+    overlay = json.loads((configs / "short_cpu.json").read_text())
+    parser = ConfigParser()
+    parser.read_config(str(configs / base))
+    not_for_inference = {"max_epochs", "pipeline#single_view_size"}  # training, and evaluation's single-view set-up
+    stale = [key for key in overlay if key not in parser and not (base == "inference.json" and key in not_for_inference)]
+    assert not stale, f"{base} has no {stale}"
+    detector_values = stage_overrides(configs / "detector.json", {}, overlay["detector_stage#overrides"])
+    assert detector_values == overlay["detector_stage#overrides"]
