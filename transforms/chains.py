@@ -185,7 +185,7 @@ def two_stage_msf(
     Defaults where the paper is silent:
         * ``roi_margin=0.25`` (square patch around the mass, as for 001); inference uses the detector's
           boxes under ``"roi_boxes"``.
-        * ``train=True`` alone adds no random transform: the paper reports none.for this stage.
+        * ``train=True`` alone adds no random transform: the paper reports none for this stage.
     """
     used, image_key, label_key = _keys(keys, with_label)
     steps = _load(image_key, label_key, reader)
