@@ -14,6 +14,7 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose, Randomizable, apply_transform
 
@@ -109,12 +110,16 @@ def build_loader(
 ) -> DataLoader:
     """A MONAI ``DataLoader`` (a distributed ``sampler`` replaces shuffling).
 
-    ``drop_last`` skips an incomplete last batch (networks whose batch norm sees one value per channel, such
+    A loader in fixed order gets its own generator: iterating it (a validation every epoch or every other)
+    then leaves the global torch random stream alone, so the training trajectory does not depend on
+    ``val_interval``. ``drop_last`` skips an incomplete last batch (networks whose batch norm sees one value per channel, such
     as pooled attention vectors, cannot train on a batch of one).
     """
     kwargs: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "sampler": sampler}
     kwargs["drop_last"] = drop_last
     kwargs["shuffle"] = shuffle and sampler is None
+    if not kwargs["shuffle"] and sampler is None:
+        kwargs["generator"] = torch.Generator().manual_seed(0)
     if collate_fn is not None:
         kwargs["collate_fn"] = collate_fn
     return DataLoader(dataset, **kwargs)

@@ -17,7 +17,7 @@ from breastseg.workflows.checkpoints import (
     EpochCheckpointer,
     ResumeFromCheckpoint,
 )
-from breastseg.workflows.datasets import SampleCacheDataset
+from breastseg.workflows.datasets import SampleCacheDataset, build_loader
 from breastseg.workflows.evaluation import binary_postprocessing, key_metric
 from breastseg.workflows.harness import (
     EarlyStopping,
@@ -209,3 +209,40 @@ def test_deep_supervision_heads_train_and_final_head_is_validated(tmp_path):
     assert math.isfinite(trainer.state.metrics["train_epoch_loss"])
     assert evaluator.state.output["pred"].shape == (4, 1, 16, 16)  # eval(): one tensor, the final head
     assert math.isfinite(evaluator.state.metrics["val_mean_dice"])
+
+
+def test_iterating_a_fixed_order_loader_leaves_the_training_random_stream_alone():
+    validation = build_loader(Dataset(_blob_batchdata()), batch_size=4, shuffle=False)
+    state = torch.get_rng_state()
+    for _ in range(2):
+        list(validation)
+    assert torch.equal(torch.get_rng_state(), state)  # so val_interval cannot change the training shuffles
+    training = build_loader(Dataset(list(range(8))), batch_size=8, shuffle=True)
+    torch.manual_seed(1)
+    first = next(iter(training))
+    torch.manual_seed(1)
+    assert torch.equal(next(iter(training)), first)  # shuffling still follows the global seed
+
+
+def test_validation_interval_does_not_change_the_trained_weights():
+    from monai.handlers import ValidationHandler
+
+    def train(val_interval: int) -> list[torch.Tensor]:
+        seed_everything(0)
+        net = _TinyNet()
+        data = _blob_batchdata()
+        augment = Compose([RandFlipd(["image", "label"], prob=0.5, spatial_axis=0)])
+        evaluator = build_evaluator(
+            "cpu", build_loader(Dataset(data), 4, shuffle=False), net, key_metric("val_mean_dice"),
+            postprocessing=binary_postprocessing(),
+        )
+        trainer = build_trainer(
+            "cpu", 4, build_loader(Dataset(data, transform=augment), 2, shuffle=True), net,
+            torch.optim.Adam(net.parameters(), 1e-2), torch.nn.BCEWithLogitsLoss(),
+            train_handlers=[ValidationHandler(validator=evaluator, interval=val_interval, epoch_level=True)],
+        )
+        trainer.run()
+        return [p.detach().clone() for p in net.parameters()]
+
+    for every_epoch, every_other in zip(train(1), train(2)):
+        torch.testing.assert_close(every_epoch, every_other, rtol=0, atol=0)
