@@ -54,23 +54,25 @@ def _resize(keys: tuple[str, ...], size: int | Sequence[int], image_mode: str) -
 
 
 def _lesion_balanced_crop(
-    keys: tuple[str, ...], image_key: str, label_key: str | None, size: int | None
+    keys: tuple[str, ...], image_key: str, label_key: str | None, size: int | None, positive_fraction: float = 0.5
 ) -> list[Transform]:
-    """One random ``size`` x ``size`` training crop, centred on a lesion pixel or a background pixel with
-    equal odds; none when ``size`` is ``None`` or the chain has no label.
+    """One random ``size`` x ``size`` training crop, centred on a lesion pixel with odds ``positive_fraction``,
+    on a background pixel otherwise; none when ``size`` is ``None`` or the chain has no label.
 
     Background centres are drawn where the image is above zero, so a negative crop shows breast or film,
     not the square padding (zero in every whole-mammogram chain) that fills about 40 % of the input.
     """
     if size is None or label_key is None:
         return []
+    if not 0.0 < positive_fraction < 1.0:
+        raise ValueError(f"crop_positive_fraction must be strictly between 0 and 1, got {positive_fraction}")
     return [
         RandCropByPosNegLabeld(
             keys,
             label_key=label_key,
             spatial_size=(size, size),
-            pos=1.0,
-            neg=1.0,
+            pos=positive_fraction,
+            neg=1.0 - positive_fraction,
             num_samples=1,
             image_key=image_key,
             image_threshold=0.0,
@@ -88,10 +90,15 @@ def _rotations_and_flips(keys: tuple[str, ...]) -> list[Transform]:
 
 
 def _whole_image_training(
-    keys: tuple[str, ...], image_key: str, label_key: str | None, train_crop: int | None, augment: bool
+    keys: tuple[str, ...],
+    image_key: str,
+    label_key: str | None,
+    train_crop: int | None,
+    augment: bool,
+    crop_positive_fraction: float = 0.5,
 ) -> list[Transform]:
     """The random tail of a whole-mammogram chain: the optional crop first (augmenting fewer pixels)."""
-    crop = _lesion_balanced_crop(keys, image_key, label_key, train_crop)
+    crop = _lesion_balanced_crop(keys, image_key, label_key, train_crop, crop_positive_fraction)
     return crop + (_rotations_and_flips(keys) if augment else [])
 
 
@@ -100,6 +107,7 @@ def brems_net(
     train: bool = False,
     train_crop: int | None = None,
     augment: bool = False,
+    crop_positive_fraction: float = 0.5,
     keys: Sequence[str] = ("image", "label"),
     with_label: bool = True,
     canonical_side: str | None = None,
@@ -112,8 +120,9 @@ def brems_net(
         * The padding is applied before equalisation, so padded pixels share the lowest grey level with
           the background; 256 histogram bins; area interpolation for the image, nearest for the mask.
         * ``train=True`` alone adds no random transform: the paper reports no augmentation.
-        * ``train_crop`` (off): with ``train=True``, train on random crops of that size, half of them centred
-          on a lesion pixel (a CPU-budget option: cheaper steps, and masses are not 0.1-1 % of every input).
+        * ``train_crop`` (off): with ``train=True``, train on random crops of that size, a share
+          ``crop_positive_fraction`` (half) of them centred on a lesion pixel, the rest on breast or film (a
+          CPU-budget option: cheaper steps, and masses are not 0.1-1 % of every input).
         * ``augment`` (off, as the paper): with ``train=True``, random 90-degree rotations and flips after the
           crop (for small training sets; the synthetic default has 47 training mammograms).
         * ``canonical_side`` (``"left"``/``"right"``) optionally flips every breast to one side; off.
@@ -127,7 +136,9 @@ def brems_net(
         HistogramEqualized(image_key, num_bins=256),
         _resize(used, image_size, "area"),
     ]
-    return Compose(steps + (_whole_image_training(used, image_key, label_key, train_crop, augment) if train else []))
+    if train:
+        steps += _whole_image_training(used, image_key, label_key, train_crop, augment, crop_positive_fraction)
+    return Compose(steps)
 
 
 def unetplusplus_mammo(
@@ -224,6 +235,7 @@ def connected_unets(
     train: bool = False,
     train_crop: int | None = None,
     augment: bool = False,
+    crop_positive_fraction: float = 0.5,
     border_fraction: float = 0.01,
     clahe_clip: float = 0.01,
     clahe_tiles: int | Sequence[int] = 8,
@@ -245,7 +257,7 @@ def connected_unets(
         * CLAHE ``clahe_clip=0.01`` (skimage semantics), ``clahe_tiles=8``, 256 bins.
         * Square padding is breast-centred like BReMS-Net's; area interpolation for the image.
         * ``train=True`` alone adds no random transform: the paper reports none.
-        * ``train_crop`` (off) and ``augment`` (off): as :func:`brems_net`'s.
+        * ``train_crop`` (off), ``crop_positive_fraction`` and ``augment`` (off): as :func:`brems_net`'s.
     """
     if dataset not in CONNECTED_UNETS_DATASETS:
         raise ValueError(f"dataset must be one of {CONNECTED_UNETS_DATASETS}, got {dataset!r}")
@@ -263,4 +275,6 @@ def connected_unets(
         BreastCentredSquarePadd(used, reference_key=image_key),
         _resize(used, image_size, "area"),
     ]
-    return Compose(steps + (_whole_image_training(used, image_key, label_key, train_crop, augment) if train else []))
+    if train:
+        steps += _whole_image_training(used, image_key, label_key, train_crop, augment, crop_positive_fraction)
+    return Compose(steps)

@@ -106,6 +106,19 @@ class TestPaperChains(unittest.TestCase):
             self.assertTrue(8 <= with_lesion < 20, with_lesion)  # half centred on a lesion pixel, the rest anywhere
         self.assertEqual(len(brems_net(image_size=64, train_crop=32).transforms), len(brems_net(image_size=64).transforms))
 
+    def test_crop_positive_fraction_sets_the_share_of_lesion_crops(self):
+        def lesion_crops(fraction):
+            chain = connected_unets(image_size=64, train=True, train_crop=16, crop_positive_fraction=fraction)
+            chain.set_random_state(seed=0)
+            return sum(bool(chain(dict(self.mammo))[0]["label"].sum() > 0) for _ in range(40))
+
+        mostly_lesions, mostly_background = lesion_crops(0.9), lesion_crops(0.1)
+        self.assertGreaterEqual(mostly_lesions, 34)  # 36 expected centred on a lesion pixel
+        self.assertLessEqual(mostly_background, 16)  # 4 expected, plus backgrounds that graze the lesion
+        for fraction in (0.0, 1.0):
+            with self.assertRaisesRegex(ValueError, "crop_positive_fraction"):
+                brems_net(image_size=64, train=True, train_crop=16, crop_positive_fraction=fraction)
+
     def test_train_crop_backgrounds_are_drawn_inside_the_image_not_the_padding(self):
         with tempfile.TemporaryDirectory() as root:
             # a narrow film: about 70 % of the square input is padding
