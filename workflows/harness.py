@@ -10,7 +10,8 @@ project's conventions:
   (``benchmarks/harness_overhead.py``);
 - deep-supervision networks return a list of heads in ``train()`` mode; the loss takes the list; the
   evaluator runs the network in ``eval()`` mode, where it returns the final head only;
-- AMP on CUDA only;
+- mixed precision: MONAI's AMP on CUDA by default, bfloat16 autocast on CPU when asked (``amp=True``,
+  :mod:`breastseg.workflows.precision`);
 - a non-finite loss stops the run before the epoch's checkpoint is written;
 - a progress bar on a terminal, plain log lines otherwise.
 """
@@ -30,6 +31,7 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Compose
 
 from breastseg.workflows.checkpoints import NonFiniteLossGuard
+from breastseg.workflows.precision import resolve_precision
 from breastseg.workflows.tracking import unique_trackers
 
 __all__ = [
@@ -41,18 +43,12 @@ __all__ = [
     "lr_schedule_handler",
     "progress_handlers",
     "seed_everything",
-    "use_amp",
     "loss_value",
 ]
 
 logger = logging.getLogger("breastseg.harness")
 
 LR_SCHEDULES = ("exponential", "plateau", "step", "none")
-
-
-def use_amp(device: str | torch.device) -> bool:
-    """Mixed precision only where it pays and is safe: CUDA devices."""
-    return torch.device(device).type == "cuda"
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -245,10 +241,15 @@ def build_trainer(
     amp: bool | None = None,
     epoch_length: int | None = None,
 ) -> SupervisedTrainer:
-    """The harness trainer: ``SupervisedTrainer`` without decollation, post-transforms or metrics."""
+    """The harness trainer: ``SupervisedTrainer`` without decollation, post-transforms or metrics.
+
+    ``amp``: ``None`` follows the device (MONAI's AMP on CUDA, float32 on CPU); ``True`` on CPU autocasts to
+    bfloat16 (:func:`~breastseg.workflows.precision.resolve_precision`).
+    """
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
     handlers = [NonFiniteLossGuard(), EpochLossAverage(), *_handler_list(train_handlers)]
+    amp, inferer = resolve_precision(device, amp, inferer or SimpleInferer(), network)
     return SupervisedTrainer(
         device=torch.device(device),
         max_epochs=int(max_epochs),
@@ -256,9 +257,9 @@ def build_trainer(
         network=network,
         optimizer=optimizer,
         loss_function=loss_function,
-        inferer=inferer or SimpleInferer(),
+        inferer=inferer,
         train_handlers=handlers,
-        amp=use_amp(device) if amp is None else amp,
+        amp=amp,
         decollate=False,
         epoch_length=epoch_length,
         optim_set_to_none=True,
@@ -276,16 +277,20 @@ def build_evaluator(
     inferer: Inferer | None = None,
     amp: bool | None = None,
 ) -> SupervisedEvaluator:
-    """The harness evaluator: batched post-processing (``decollate=False``) and MONAI metric handlers."""
+    """The harness evaluator: batched post-processing (``decollate=False``) and MONAI metric handlers.
+
+    ``amp`` as in :func:`build_trainer`.
+    """
+    amp, inferer = resolve_precision(device, amp, inferer or SimpleInferer(), network)
     return SupervisedEvaluator(
         device=torch.device(device),
         val_data_loader=val_data_loader,
         network=network,
-        inferer=inferer or SimpleInferer(),
+        inferer=inferer,
         postprocessing=postprocessing,
         key_val_metric=key_val_metric,
         additional_metrics=additional_metrics,
         val_handlers=_handler_list(val_handlers),
-        amp=use_amp(device) if amp is None else amp,
+        amp=amp,
         decollate=False,
     )
