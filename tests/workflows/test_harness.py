@@ -90,6 +90,29 @@ def test_training_writes_best_and_last_checkpoints(tmp_path):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**3)
 
 
+def test_checkpoint_interval_writes_every_nth_epoch_and_the_last(tmp_path):
+    net = _TinyNet()
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
+    written: list[int] = []
+
+    def record(engine) -> None:
+        path = tmp_path / LAST_CHECKPOINT_FILE
+        if path.exists():
+            written.append(torch.load(path, weights_only=True)["trainer"]["iteration"] // 2)  # 2 batches an epoch
+
+    checkpointer = EpochCheckpointer(tmp_path, net, optimizer, interval=2)
+    trainer = build_trainer(
+        "cpu", 5, DataLoader(Dataset(_blob_batchdata()), batch_size=4), net, optimizer, torch.nn.BCEWithLogitsLoss(),
+        train_handlers=[checkpointer],
+    )
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, record)
+    trainer.add_event_handler(Events.COMPLETED, record)
+    trainer.run()
+    assert written == [2, 2, 4, 4, 5]  # none after epoch 1; then epochs 2 and 4; epoch 5 when the run ends
+    with pytest.raises(ValueError, match="at least 1"):
+        EpochCheckpointer(tmp_path, net, optimizer, interval=0)
+
+
 def test_resume_continues_after_the_saved_epoch(tmp_path):
     trainer, evaluator, *_ = _engines(tmp_path, max_epochs=2)
     trainer.run()
