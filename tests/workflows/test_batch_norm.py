@@ -1,0 +1,72 @@
+"""Batch-norm recalibration on whole training images, on a real MONAI evaluator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose, Lambdad
+
+from breastseg.workflows.batch_norm import RecalibrateBatchNorm, recalibrate_batch_norm
+from breastseg.workflows.evaluation import binary_postprocessing, key_metric
+from breastseg.workflows.harness import build_evaluator
+
+torch.set_num_threads(1)
+
+
+class _NormNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm2d(1, momentum=0.3)
+        self.head = torch.nn.Conv2d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x))
+
+
+def _images(offset: float, n: int = 4, size: int = 8) -> list[dict]:
+    generator = torch.Generator().manual_seed(int(offset))
+    return [
+        {"image": offset + torch.rand(1, size, size, generator=generator), "label": torch.zeros(1, size, size)}
+        for _ in range(n)
+    ]
+
+
+def test_running_statistics_become_the_average_over_the_batches():
+    net = _NormNet().eval()
+    weights = [p.detach().clone() for p in net.parameters()]
+    records = _images(5.0)
+    seen = recalibrate_batch_norm(net, DataLoader(Dataset(records), batch_size=2))
+    assert seen == 4
+    pixels = torch.stack([r["image"] for r in records])
+    assert float(net.norm.running_mean) == pytest.approx(float(pixels.mean()), abs=1e-5)
+    batch_vars = [float(pixels[i : i + 2].var()) for i in (0, 2)]  # unbiased, as batch norm keeps it
+    assert float(net.norm.running_var) == pytest.approx(sum(batch_vars) / 2, rel=1e-4)
+    assert net.norm.momentum == 0.3 and not net.training  # restored
+    assert all(torch.equal(p, w) for p, w in zip(net.parameters(), weights))
+
+
+def test_evaluator_validates_with_statistics_of_the_training_images():
+    net = _NormNet()
+    training, validation = _images(5.0), _images(-3.0)
+    handler = RecalibrateBatchNorm(training, Compose([Lambdad("image", lambda x: x)]), batch_size=2)
+    evaluator = build_evaluator(
+        "cpu", DataLoader(Dataset(validation), batch_size=2), net, key_metric("val_mean_dice"),
+        postprocessing=binary_postprocessing(), val_handlers=[handler],
+    )
+    evaluator.run()
+    training_mean = float(torch.stack([r["image"] for r in training]).mean())
+    assert float(net.norm.running_mean) == pytest.approx(training_mean, abs=1e-5)  # not the validation images'
+    assert net.norm.num_batches_tracked == 2
+
+
+def test_disabled_attaches_nothing_and_an_empty_training_split_is_refused():
+    net = _NormNet()
+    evaluator = build_evaluator(
+        "cpu", DataLoader(Dataset(_images(-3.0)), batch_size=2), net, key_metric("val_mean_dice"),
+        postprocessing=binary_postprocessing(), val_handlers=[RecalibrateBatchNorm([], None, enabled=False)],
+    )
+    evaluator.run()
+    assert float(net.norm.running_mean) == 0.0 and net.norm.num_batches_tracked == 0  # untouched
+    with pytest.raises(ValueError, match="training split is empty"):
+        RecalibrateBatchNorm([], None)

@@ -1,0 +1,88 @@
+"""Batch-norm statistics that match whole-image evaluation for networks trained on crops.
+
+A network trained on crops (``train_crop``) keeps batch-norm running statistics of crops: breast tissue, half of
+them on a lesion. Whole images (with their square padding) have other statistics, and a deep encoder (BReMS-Net's
+ResNet-50) then gives lesion pixels near-zero probabilities in ``eval()`` while the same weights find them with
+batch statistics. :class:`RecalibrateBatchNorm` recomputes the running statistics on whole *training* images
+before each validation (as ``torch.optim.swa_utils.update_bn``; weights unchanged), so validation, ``model.pt``
+and everything evaluated from it use whole-image statistics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.data import CacheDataset
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from breastseg.workflows.datasets import build_loader
+
+__all__ = ["RecalibrateBatchNorm", "recalibrate_batch_norm"]
+
+logger = logging.getLogger("breastseg.harness")
+
+
+def recalibrate_batch_norm(network: torch.nn.Module, batches: Any, inferer: Any = None, image_key: str = "image") -> int:
+    """Reset every batch norm of ``network`` and set its running statistics to the plain average over ``batches``.
+
+    Returns the number of images seen. The network's mode and the layers' momenta are restored.
+    """
+    layers = [module for module in network.modules() if isinstance(module, _BatchNorm)]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    was_training = network.training
+    device = next(network.parameters()).device
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over all batches
+    network.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                images = batch[image_key].to(device)
+                (inferer or (lambda inputs, net: net(inputs)))(images, network)
+                seen += int(images.shape[0])
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        network.train(was_training)
+    return seen
+
+
+class RecalibrateBatchNorm:
+    """Evaluator handler: before each run, batch-norm statistics from whole training images.
+
+    Args:
+        records: the training records (the datalist's ``training`` items).
+        transform: the whole-image chain (the validation preprocessing), applied once and cached in memory.
+        batch_size: images per forward pass.
+        enabled: ``False`` attaches nothing (the config switch ``bn_recalibration``).
+    """
+
+    def __init__(self, records: Sequence[dict], transform: Any, batch_size: int = 8, enabled: bool = True) -> None:
+        if enabled and not records:
+            raise ValueError("bn_recalibration needs training records; the training split is empty")
+        self.records = list(records)
+        self.transform = transform
+        self.batch_size = int(batch_size)
+        self.enabled = enabled
+        self._loader: Any = None
+
+    def attach(self, evaluator: Engine) -> None:
+        if self.enabled and not evaluator.has_event_handler(self, Events.STARTED):
+            evaluator.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, evaluator: Engine) -> None:
+        if self._loader is None:
+            dataset = CacheDataset(self.records, self.transform, progress=False)
+            self._loader = build_loader(dataset, self.batch_size, shuffle=False)
+        start = time.perf_counter()
+        seen = recalibrate_batch_norm(evaluator.network, self._loader, getattr(evaluator, "inferer", None))
+        logger.info("batch norm recalibrated on %d whole training images (%.1f s)", seen, time.perf_counter() - start)
