@@ -112,8 +112,8 @@ def build_loader(
 
     A loader in fixed order gets its own generator: iterating it (a validation every epoch or every other)
     then leaves the global torch random stream alone, so the training trajectory does not depend on
-    ``val_interval``. ``drop_last`` skips an incomplete last batch (networks whose batch norm sees one value per channel, such
-    as pooled attention vectors, cannot train on a batch of one).
+    ``val_interval``. ``drop_last`` skips an incomplete last batch (networks whose batch norm sees one value
+    per channel, such as pooled attention vectors, cannot train on a batch of one).
     """
     kwargs: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "sampler": sampler}
     kwargs["drop_last"] = drop_last
