@@ -4,7 +4,7 @@ A network trained on crops (``train_crop``) keeps batch-norm running statistics 
 them on a lesion. Whole images (with their square padding) have other statistics, and a deep encoder (BReMS-Net's
 ResNet-50) then gives lesion pixels near-zero probabilities in ``eval()`` while the same weights find them with
 batch statistics. :class:`RecalibrateBatchNorm` recomputes the running statistics on whole *training* images
-before each validation (as ``torch.optim.swa_utils.update_bn``; weights unchanged), so validation, ``model.pt``
+before each validation (``torch.optim.swa_utils.update_bn``; weights unchanged), so validation, ``model.pt``
 and everything evaluated from it use whole-image statistics.
 """
 
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from monai.data import CacheDataset
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.swa_utils import update_bn
 
 from breastseg.workflows.datasets import build_loader
+from breastseg.workflows.precision import AutocastInferer
 
 __all__ = ["RecalibrateBatchNorm", "recalibrate_batch_norm"]
 
@@ -28,31 +30,25 @@ logger = logging.getLogger("breastseg.harness")
 
 
 def recalibrate_batch_norm(network: torch.nn.Module, batches: Any, inferer: Any = None, image_key: str = "image") -> int:
-    """Reset every batch norm of ``network`` and set its running statistics to the plain average over ``batches``.
+    """Batch-norm running statistics of ``network`` averaged over the ``image_key`` of ``batches``.
 
-    Returns the number of images seen. The network's mode and the layers' momenta are restored.
+    torch's ``update_bn`` does the reset, the cumulative average and the restoring of momenta and mode; this adds
+    dictionary batches, no gradients and the evaluator's bfloat16 autocast. Returns the number of images seen.
     """
-    layers = [module for module in network.modules() if isinstance(module, _BatchNorm)]
-    if not layers:
-        return 0
-    momenta = [layer.momentum for layer in layers]
-    was_training = network.training
     device = next(network.parameters()).device
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over all batches
-    network.train()
     seen = 0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                images = batch[image_key].to(device)
-                (inferer or (lambda inputs, net: net(inputs)))(images, network)
-                seen += int(images.shape[0])
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-        network.train(was_training)
+
+    def images() -> Iterator[torch.Tensor]:
+        nonlocal seen
+        for batch in batches:
+            seen += int(batch[image_key].shape[0])
+            yield batch[image_key]
+
+    autocast = (
+        torch.autocast(inferer.device_type, dtype=inferer.dtype) if isinstance(inferer, AutocastInferer) else nullcontext()
+    )
+    with torch.no_grad(), autocast:
+        update_bn(images(), network, device=device)
     return seen
 
 
