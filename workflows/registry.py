@@ -22,12 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import mlflow
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["BundleModel", "log_bundle_model", "RegisterBestModel", "CANDIDATE_ALIAS"]
+import mlflow
+
+__all__ = ["NetworkModel", "BundleModel", "log_bundle_model", "RegisterBestModel", "CANDIDATE_ALIAS"]
 
 logger = logging.getLogger("breastseg.registry")
 CANDIDATE_ALIAS = "candidate"
@@ -36,7 +37,18 @@ TRAINED_WITH = "trained_with.json"
 _BUNDLE_PARTS = ("configs", "docs", "LICENSE")
 
 
-class BundleModel(mlflow.pyfunc.PythonModel):
+class NetworkModel(mlflow.pyfunc.PythonModel):
+    """An MLflow model whose ``load_context`` builds ``self.network`` from the logged bundle's weights.
+
+    The network is never pickled: ``log_model`` loads the model once to check the input example and
+    pickles the instance afterwards, which would store a second copy of the weights beside ``model.pt``.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "network"}
+
+
+class BundleModel(NetworkModel):
     """A MONAI bundle served through MLflow: ``predict`` returns sigmoid probabilities."""
 
     def load_context(self, context: Any) -> None:

@@ -84,6 +84,10 @@ def test_best_model_is_registered_with_candidate_alias_and_runs(workspace, train
     weights = torch.load(workspace["root"] / "models" / "model.pt", weights_only=True)
     served = model.unwrap_python_model().network.state_dict()
     assert all(torch.equal(served[key], value) for key, value in weights.items())
+    # the weights are stored once, as the bundle's model.pt, not pickled again with the served model
+    stored = client(workspace).get_model_version_download_uri("unetplusplus_mammo", version.version)
+    pickled = mlflow.artifacts.download_artifacts(f"{stored}/python_model.pkl", dst_path=str(workspace["root"] / "pkl"))
+    assert Path(pickled).stat().st_size < (workspace["root"] / "models" / "model.pt").stat().st_size / 10
 
 
 def test_evaluation_writes_reports_and_closes_its_run(workspace, trained):

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import torch
 
 from breastseg.networks.yolov3 import YOLOv3
+from breastseg.workflows.registry import NetworkModel
 
 __all__ = ["detector_settings", "build_detector", "load_detector", "DetectorModel"]
 
@@ -78,7 +78,7 @@ def load_detector(
     return network.eval()
 
 
-class DetectorModel(mlflow.pyfunc.PythonModel):
+class DetectorModel(NetworkModel):
     """The detector served through MLflow: ``predict`` returns YOLOv3's decoded predictions.
 
     The logged bundle carries ``models/model.pt`` and ``configs/trained_with.json`` (:func:`detector_settings`).
