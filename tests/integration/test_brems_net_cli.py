@@ -29,8 +29,8 @@ HEADS = ("refined", "coarse", "side_1_4", "side_1_8", "side_1_16")
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("brems")
+def workspace(module_dir):
+    root = module_dir
     cbis_ddsm.generate(root / "cbis", cases=6, seed=0, full_size=False, rows=256)
     inbreast.generate(root / "inbreast", cases=2, seed=0, rows=256)
     with running_mlflow_server(root / "mlflow") as (uri, server):

@@ -28,8 +28,8 @@ SMALL = ["--image_size", "32", "--batch_size", "4", "--val_fraction", "0.2", "--
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
+def workspace(module_dir):
+    root = module_dir
     data = root / "cbis"
     cbis_ddsm.generate(data, cases=6, seed=0, full_size=False, rows=256)
     with running_mlflow_server(root / "mlflow") as (uri, server):

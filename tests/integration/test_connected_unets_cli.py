@@ -28,8 +28,8 @@ SMALL = ["--image_size", "32", "--batch_size", "4"]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("connected_unets")
+def workspace(module_dir):
+    root = module_dir
     cbis_ddsm.generate(root / "cbis", cases=6, seed=0, full_size=False, rows=256)
     inbreast.generate(root / "inbreast", cases=3, seed=0, rows=128)
     with running_mlflow_server(root / "mlflow") as (uri, _):

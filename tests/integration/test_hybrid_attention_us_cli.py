@@ -28,8 +28,8 @@ SMALL = ["--image_size", "32", "--batch_size", "4", "--val_fraction", "0.2", "--
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hybrid")
+def workspace(module_dir):
+    root = module_dir
     busi.generate(root / "busi", cases=14, seed=0, full_size=False)
     with running_mlflow_server(root / "mlflow") as (uri, server):
         yield {"root": root, "data": root / "busi", "uri": uri}

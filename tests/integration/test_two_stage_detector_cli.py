@@ -28,8 +28,8 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("two_stage_detector")
+def workspace(module_dir):
+    root = module_dir
     cbis_ddsm.generate(root / "cbis", cases=9, seed=0, full_size=False, rows=256)
     with running_mlflow_server(root / "mlflow") as (uri, _):
         yield {"root": root, "data": root / "cbis", "uri": uri}

@@ -37,8 +37,8 @@ SMALL = ["--patch_size", "64", "--val_fraction", "0.2", "--test_fraction", "0.2"
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("two_stage")
+def workspace(module_dir):
+    root = module_dir
     cbis_ddsm.generate(root / "cbis", cases=12, seed=0, full_size=False, rows=256)  # enough masses for 9 anchors
     with running_mlflow_server(root / "mlflow") as (uri, server):
         yield {"root": root, "data": root / "cbis", "uri": uri}
