@@ -270,14 +270,15 @@ def build_evaluator(
     device: str | torch.device,
     val_data_loader: Any,
     network: torch.nn.Module,
-    key_val_metric: dict[str, Any],
+    key_val_metric: dict[str, Any] | None = None,
     additional_metrics: dict[str, Any] | None = None,
     postprocessing: Compose | None = None,
     val_handlers: Sequence[Any] | None = None,
     inferer: Inferer | None = None,
     amp: bool | None = None,
 ) -> SupervisedEvaluator:
-    """The harness evaluator: batched post-processing (``decollate=False``) and MONAI metric handlers.
+    """The harness evaluator: batched post-processing (``decollate=False``) and MONAI metric handlers
+    (``key_val_metric`` None: inference, nothing scored).
 
     ``amp`` as in :func:`build_trainer`.
     """

@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from breastseg.workflows.data.synthetic import cbis_ddsm
 from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, find_runs, run_command, train, workspace_overrides
@@ -167,6 +168,24 @@ def test_inference_writes_masks_aligned_with_the_images(workspace, trained, tmp_
     assert mask.shape == (rows, cols)
     assert set(np.unique(mask)) <= {0, 255}
     assert (tmp_path / "masks" / "mammogram_mask.nii.gz").is_file()
+
+
+def test_inference_with_cpu_amp_writes_the_same_masks(workspace, trained, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, source in enumerate(sorted(workspace["data"].rglob("*full mammogram images*/1-1.dcm"))[:2]):
+        (images / f"mammogram{index}.dcm").write_bytes(source.read_bytes())
+    masks = {}
+    for amp in ("False", "True"):
+        result = bundle_cli(
+            "run", "inference", "--config_file", INFERENCE, "--dataset_dir", str(images), "--output_dir", str(tmp_path / amp),
+            "--ckpt_dir", str(workspace["root"] / "models"), "--image_size", "32", "--amp", amp,
+        )
+        assert_ok(result)
+        masks[amp] = [np.asarray(Image.open(path)) for path in sorted((tmp_path / amp).glob("*_mask.png"))]
+    assert len(masks["True"]) == 2
+    for full, mixed in zip(masks["False"], masks["True"]):
+        assert full.shape == mixed.shape and np.mean(full == mixed) > 0.99
 
 
 def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
