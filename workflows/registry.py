@@ -22,11 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import mlflow
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-
-import mlflow
 
 __all__ = ["NetworkModel", "BundleModel", "log_bundle_model", "RegisterBestModel", "CANDIDATE_ALIAS"]
 
