@@ -5,7 +5,8 @@ them on a lesion. Whole images (with their square padding) have other statistics
 ResNet-50) then gives lesion pixels near-zero probabilities in ``eval()`` while the same weights find them with
 batch statistics. :class:`RecalibrateBatchNorm` recomputes the running statistics on whole *training* images
 before each validation (``torch.optim.swa_utils.update_bn``; weights unchanged), so validation, ``model.pt``
-and everything evaluated from it use whole-image statistics.
+and everything evaluated from it use whole-image statistics. The whole images are the training dataset's own
+cache of its chain's deterministic head (``SampleCacheDataset.base``), not a second copy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.data import CacheDataset
 from torch.optim.swa_utils import update_bn
 
 from breastseg.workflows.datasets import build_loader
@@ -56,29 +56,23 @@ class RecalibrateBatchNorm:
     """Evaluator handler: before each run, batch-norm statistics from whole training images.
 
     Args:
-        records: the training records (the datalist's ``training`` items).
-        transform: the whole-image chain (the validation preprocessing), applied once and cached in memory.
+        images: the whole preprocessed training images, one dictionary per item (``@train#dataset.base``: the
+            training chain's cached head, before its random crop).
         batch_size: images per forward pass.
         enabled: ``False`` attaches nothing (the config switch ``bn_recalibration``).
     """
 
-    def __init__(self, records: Sequence[dict], transform: Any, batch_size: int = 8, enabled: bool = True) -> None:
-        if enabled and not records:
+    def __init__(self, images: Sequence[dict], batch_size: int = 8, enabled: bool = True) -> None:
+        if enabled and not len(images):
             raise ValueError("bn_recalibration needs training records; the training split is empty")
-        self.records = list(records)
-        self.transform = transform
-        self.batch_size = int(batch_size)
+        self.loader = build_loader(images, int(batch_size), shuffle=False) if enabled else None
         self.enabled = enabled
-        self._loader: Any = None
 
     def attach(self, evaluator: Engine) -> None:
         if self.enabled and not evaluator.has_event_handler(self, Events.STARTED):
             evaluator.add_event_handler(Events.STARTED, self)
 
     def __call__(self, evaluator: Engine) -> None:
-        if self._loader is None:
-            dataset = CacheDataset(self.records, self.transform, progress=False)
-            self._loader = build_loader(dataset, self.batch_size, shuffle=False)
         start = time.perf_counter()
-        seen = recalibrate_batch_norm(evaluator.network, self._loader, getattr(evaluator, "inferer", None))
+        seen = recalibrate_batch_norm(evaluator.network, self.loader, getattr(evaluator, "inferer", None))
         logger.info("batch norm recalibrated on %d whole training images (%.1f s)", seen, time.perf_counter() - start)

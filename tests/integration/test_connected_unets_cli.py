@@ -130,3 +130,13 @@ def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     assert_ok(result)
     scripted = torch.jit.load(str(target))
     assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_crop_training_recalibrates_batch_norm_on_the_cached_whole_images(workspace, tmp_path):
+    out = workspace["root"] / "cbis"
+    overrides = ["--dataset_dir", str(out), "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), *SMALL]
+    result = train(TRAIN, [*overrides, "--train_crop", "16", "--bn_recalibration", "True"], workspace, epochs=1)
+    log = result.stdout + result.stderr
+    assert "batch norm recalibrated on" in log and "whole training images" in log
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(value).all() for key, value in state.items() if key.endswith("running_var"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import DataLoader, Dataset
-from monai.transforms import Compose, Lambdad
 
 from breastseg.workflows.batch_norm import RecalibrateBatchNorm, recalibrate_batch_norm
 from breastseg.workflows.evaluation import binary_postprocessing, key_metric
@@ -49,7 +48,7 @@ def test_running_statistics_become_the_average_over_the_batches():
 def test_evaluator_validates_with_statistics_of_the_training_images():
     net = _NormNet()
     training, validation = _images(5.0), _images(-3.0)
-    handler = RecalibrateBatchNorm(training, Compose([Lambdad("image", lambda x: x)]), batch_size=2)
+    handler = RecalibrateBatchNorm(Dataset(training), batch_size=2)
     evaluator = build_evaluator(
         "cpu", DataLoader(Dataset(validation), batch_size=2), net, key_metric("val_mean_dice"),
         postprocessing=binary_postprocessing(), val_handlers=[handler],
@@ -64,9 +63,9 @@ def test_disabled_attaches_nothing_and_an_empty_training_split_is_refused():
     net = _NormNet()
     evaluator = build_evaluator(
         "cpu", DataLoader(Dataset(_images(-3.0)), batch_size=2), net, key_metric("val_mean_dice"),
-        postprocessing=binary_postprocessing(), val_handlers=[RecalibrateBatchNorm([], None, enabled=False)],
+        postprocessing=binary_postprocessing(), val_handlers=[RecalibrateBatchNorm([], enabled=False)],
     )
     evaluator.run()
     assert float(net.norm.running_mean) == 0.0 and net.norm.num_batches_tracked == 0  # untouched
     with pytest.raises(ValueError, match="training split is empty"):
-        RecalibrateBatchNorm([], None)
+        RecalibrateBatchNorm([])
