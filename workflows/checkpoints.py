@@ -117,8 +117,8 @@ class EpochCheckpointer:
 
     def attach(self, trainer: Engine) -> None:
         self._trainer = trainer
-        if not trainer.has_event_handler(self.save_on_interval, Events.EPOCH_COMPLETED):
-            trainer.add_event_handler(Events.EPOCH_COMPLETED, self.save_on_interval)
+        if not trainer.has_event_handler(self.save_at_end, Events.COMPLETED):
+            trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save_last)
             trainer.add_event_handler(Events.COMPLETED, self.save_at_end)
         if self.evaluator is not None and not self.evaluator.has_event_handler(self.save_best, Events.EPOCH_COMPLETED):
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_best)
@@ -135,10 +135,6 @@ class EpochCheckpointer:
             state["best_metric"] = float(self.evaluator.state.best_metric)
             state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
         return state
-
-    def save_on_interval(self, trainer: Engine) -> None:
-        if trainer.state.epoch % self.interval == 0:
-            self.save_last(trainer)
 
     def save_at_end(self, trainer: Engine) -> None:
         """The run's last epoch, when the interval skipped it (not reached after a raised error)."""
