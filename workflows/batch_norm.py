@@ -20,13 +20,23 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from torch.optim.swa_utils import update_bn
+from torch.utils.data import Subset
 
 from breastseg.workflows.datasets import build_loader
 from breastseg.workflows.precision import AutocastInferer
 
-__all__ = ["RecalibrateBatchNorm", "recalibrate_batch_norm"]
+__all__ = ["RecalibrateBatchNorm", "evenly_spaced", "recalibrate_batch_norm"]
 
 logger = logging.getLogger("breastseg.harness")
+
+
+def evenly_spaced(length: int, count: int) -> list[int]:
+    """``count`` indices spread over ``range(length)``, first and last included (all of them if fewer)."""
+    if count >= length:
+        return list(range(length))
+    if count == 1:
+        return [0]
+    return sorted({round(i * (length - 1) / (count - 1)) for i in range(count)})
 
 
 def recalibrate_batch_norm(network: torch.nn.Module, batches: Any, inferer: Any = None, image_key: str = "image") -> int:
@@ -60,11 +70,20 @@ class RecalibrateBatchNorm:
             training chain's cached head, before its random crop).
         batch_size: images per forward pass.
         enabled: ``False`` attaches nothing (the config switch ``bn_recalibration``).
+        max_images: at most this many images, evenly spaced through ``images`` (``None``: all). Each whole
+            image gives hundreds of thousands of pixels per statistic, so a few dozen suffice; every one costs
+            a forward pass at each validation.
     """
 
-    def __init__(self, images: Sequence[dict], batch_size: int = 8, enabled: bool = True) -> None:
+    def __init__(
+        self, images: Sequence[dict], batch_size: int = 8, enabled: bool = True, max_images: int | None = None
+    ) -> None:
         if enabled and not len(images):
             raise ValueError("bn_recalibration needs training records; the training split is empty")
+        if max_images is not None and max_images < 1:
+            raise ValueError(f"bn_recalibration_images must be at least 1 (or null for all), got {max_images}")
+        if enabled and max_images is not None and max_images < len(images):
+            images = Subset(images, evenly_spaced(len(images), max_images))
         self.loader = build_loader(images, int(batch_size), shuffle=False) if enabled else None
         self.enabled = enabled
 

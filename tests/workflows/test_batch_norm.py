@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset
 
-from breastseg.workflows.batch_norm import RecalibrateBatchNorm, recalibrate_batch_norm
+from breastseg.workflows.batch_norm import RecalibrateBatchNorm, evenly_spaced, recalibrate_batch_norm
 from breastseg.workflows.evaluation import binary_postprocessing, key_metric
 from breastseg.workflows.harness import build_evaluator
 
@@ -69,3 +69,25 @@ def test_disabled_attaches_nothing_and_an_empty_training_split_is_refused():
     assert float(net.norm.running_mean) == 0.0 and net.norm.num_batches_tracked == 0  # untouched
     with pytest.raises(ValueError, match="training split is empty"):
         RecalibrateBatchNorm([])
+
+
+def test_max_images_takes_evenly_spaced_training_images():
+    net = _NormNet()
+    training = [{"image": torch.full((1, 4, 4), float(i)), "label": torch.zeros(1, 4, 4)} for i in range(7)]
+    handler = RecalibrateBatchNorm(Dataset(training), batch_size=8, max_images=3)
+    evaluator = build_evaluator(
+        "cpu", DataLoader(Dataset(_images(-3.0)), batch_size=2), net, key_metric("val_mean_dice"),
+        postprocessing=binary_postprocessing(), val_handlers=[handler],
+    )
+    evaluator.run()
+    assert float(net.norm.running_mean) == pytest.approx((0 + 3 + 6) / 3)  # images 0, 3 and 6 only
+    assert len(RecalibrateBatchNorm(Dataset(training), max_images=20).loader.dataset) == 7
+    with pytest.raises(ValueError, match="bn_recalibration_images must be at least 1"):
+        RecalibrateBatchNorm(Dataset(training), max_images=0)
+
+
+@pytest.mark.parametrize(
+    ("length", "count", "expected"), [(7, 3, [0, 3, 6]), (5, 1, [0]), (3, 8, [0, 1, 2]), (10, 4, [0, 3, 6, 9])]
+)
+def test_evenly_spaced(length, count, expected):
+    assert evenly_spaced(length, count) == expected
