@@ -54,18 +54,26 @@ def _resize(keys: tuple[str, ...], size: int | Sequence[int], image_mode: str) -
 
 
 def _lesion_balanced_crop(
-    keys: tuple[str, ...], image_key: str, label_key: str | None, size: int | None, positive_fraction: float = 0.5
+    keys: tuple[str, ...],
+    image_key: str,
+    label_key: str | None,
+    size: int | None,
+    positive_fraction: float = 0.5,
+    negative_threshold: float = 0.0,
 ) -> list[Transform]:
     """One random ``size`` x ``size`` training crop, centred on a lesion pixel with odds ``positive_fraction``,
     on a background pixel otherwise; none when ``size`` is ``None`` or the chain has no label.
 
-    Background centres are drawn where the image is above zero, so a negative crop shows breast or film,
-    not the square padding (zero in every whole-mammogram chain) that fills about 40 % of the input.
+    Background centres are drawn where the image is above ``negative_threshold``: above zero (the default), a
+    negative crop shows breast or film, not the square padding (zero in every whole-mammogram chain) that
+    fills about 40 % of the input; higher, it shows the bright tissue that a network confuses with masses.
     """
     if size is None or label_key is None:
         return []
     if not 0.0 < positive_fraction < 1.0:
         raise ValueError(f"crop_positive_fraction must be strictly between 0 and 1, got {positive_fraction}")
+    if not 0.0 <= negative_threshold < 1.0:
+        raise ValueError(f"crop_negative_threshold must be in [0, 1) (image intensities), got {negative_threshold}")
     return [
         RandCropByPosNegLabeld(
             keys,
@@ -75,7 +83,7 @@ def _lesion_balanced_crop(
             neg=1.0 - positive_fraction,
             num_samples=1,
             image_key=image_key,
-            image_threshold=0.0,
+            image_threshold=negative_threshold,
         )
     ]
 
@@ -96,9 +104,12 @@ def _whole_image_training(
     train_crop: int | None,
     augment: bool,
     crop_positive_fraction: float = 0.5,
+    crop_negative_threshold: float = 0.0,
 ) -> list[Transform]:
     """The random tail of a whole-mammogram chain: the optional crop first (augmenting fewer pixels)."""
-    crop = _lesion_balanced_crop(keys, image_key, label_key, train_crop, crop_positive_fraction)
+    crop = _lesion_balanced_crop(
+        keys, image_key, label_key, train_crop, crop_positive_fraction, crop_negative_threshold
+    )
     return crop + (_rotations_and_flips(keys) if augment else [])
 
 
@@ -108,6 +119,7 @@ def brems_net(
     train_crop: int | None = None,
     augment: bool = False,
     crop_positive_fraction: float = 0.5,
+    crop_negative_threshold: float = 0.0,
     keys: Sequence[str] = ("image", "label"),
     with_label: bool = True,
     canonical_side: str | None = None,
@@ -123,6 +135,8 @@ def brems_net(
         * ``train_crop`` (off): with ``train=True``, train on random crops of that size, a share
           ``crop_positive_fraction`` (half) of them centred on a lesion pixel, the rest on breast or film (a
           CPU-budget option: cheaper steps, and masses are not 0.1-1 % of every input).
+        * ``crop_negative_threshold`` (0: anywhere but the padding): the other crops are centred on pixels brighter
+          than this after equalisation (e.g. 0.8: the brightest fifth, dense tissue that looks like a mass).
         * ``augment`` (off, as the paper): with ``train=True``, random 90-degree rotations and flips after the
           crop (for small training sets; the synthetic default has 47 training mammograms).
         * ``canonical_side`` (``"left"``/``"right"``) optionally flips every breast to one side; off.
@@ -137,7 +151,9 @@ def brems_net(
         _resize(used, image_size, "area"),
     ]
     if train:
-        steps += _whole_image_training(used, image_key, label_key, train_crop, augment, crop_positive_fraction)
+        steps += _whole_image_training(
+            used, image_key, label_key, train_crop, augment, crop_positive_fraction, crop_negative_threshold
+        )
     return Compose(steps)
 
 

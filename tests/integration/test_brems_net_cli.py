@@ -159,3 +159,14 @@ def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     assert_ok(result)
     scripted = torch.jit.load(str(target))
     assert scripted(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_crop_training_with_hard_negatives_recalibrates_on_a_subset(workspace, tmp_path):
+    paths = ["--dataset_dir", str(workspace["data"]), "--output_dir", str(tmp_path / "out")]
+    paths += ["--ckpt_dir", str(tmp_path / "models")]
+    extra = ["--train_crop", "32", "--crop_negative_threshold", "0.8"]
+    extra += ["--bn_recalibration", "True", "--bn_recalibration_images", "2"]
+    result = train(TRAIN, [*paths, *SMALL, *extra], workspace, epochs=1)
+    assert "batch norm recalibrated on 2 whole training images" in result.stdout + result.stderr
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.isfinite(value).all() for key, value in state.items() if key.endswith("running_var"))

@@ -119,6 +119,20 @@ class TestPaperChains(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "crop_positive_fraction"):
                 brems_net(image_size=64, train=True, train_crop=16, crop_positive_fraction=fraction)
 
+    def test_crop_negative_threshold_centres_background_crops_on_bright_tissue(self):
+        def centres(threshold):
+            chain = brems_net(image_size=64, train=True, train_crop=8, crop_negative_threshold=threshold)
+            chain.set_random_state(seed=0)
+            crops = [chain(dict(self.mammo))[0] for _ in range(40)]
+            return [(float(c["image"][0, 4, 4]), float(c["label"][0, 4, 4])) for c in crops]  # the crop's centre pixel
+
+        bright = centres(0.8)
+        self.assertTrue(all(label > 0 or value > 0.8 for value, label in bright), bright)
+        self.assertTrue(any(label == 0 for _, label in bright))
+        self.assertTrue(any(label == 0 and value <= 0.8 for value, label in centres(0.0)))  # anywhere by default
+        with self.assertRaisesRegex(ValueError, "crop_negative_threshold"):
+            brems_net(image_size=64, train=True, train_crop=8, crop_negative_threshold=1.0)
+
     def test_train_crop_backgrounds_are_drawn_inside_the_image_not_the_padding(self):
         with tempfile.TemporaryDirectory() as root:
             # a narrow film: about 70 % of the square input is padding
