@@ -92,11 +92,14 @@ def prepare_datalist(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     official_split: bool = False,
+    replace: bool = True,
 ) -> dict[str, Any]:
     """Index ``dataset_dir`` once and write its datalist to ``datalist_file``; reuse it afterwards.
 
     A datalist already in ``datalist_file`` is reused when it was made from the same folder and seed:
-    resuming, evaluating and comparing bundles then use the identical split.
+    resuming, evaluating and comparing bundles then use the identical split. One made from another folder,
+    seed or split is replaced when ``replace`` (a new training run), refused otherwise (an evaluation must not
+    re-split silently: its test set could hold the trained network's training images).
     """
     import torch.distributed as dist
 
@@ -107,7 +110,7 @@ def prepare_datalist(
         dist.barrier()  # rank 0 indexes (and generates) once; the others read its datalist
         return load_datalist(datalist_file)
     datalist = _prepare_datalist(
-        dataset, dataset_dir, datalist_file, seed, folds, val_fraction, test_fraction, official_split
+        dataset, dataset_dir, datalist_file, seed, folds, val_fraction, test_fraction, official_split, replace
     )
     if distributed:
         dist.barrier()
@@ -123,6 +126,7 @@ def _prepare_datalist(
     val_fraction: float,
     test_fraction: float,
     official_split: bool,
+    replace: bool = True,
 ) -> dict[str, Any]:
     from breastseg.workflows.data.datalist import build_datalist, load_datalist, write_datalist
 
@@ -140,6 +144,13 @@ def _prepare_datalist(
         same_split = all(split.get(key) == value for key, value in wanted.items())
         if Path(existing["root"]).resolve() == root.resolve() and existing.get("seed") == seed and same_split:
             return existing
+        if not replace:
+            raise ValueError(
+                f"{target} holds the split of another run (folder {existing['root']}, seed {existing.get('seed')}, "
+                f"{ {key: split.get(key) for key in wanted} }); this run asks for folder {root}, seed {seed}, {wanted}. "
+                "Evaluate with the training run's --dataset_dir, --seed, --folds, --val_fraction, --test_fraction and "
+                "--official_split, or give another --output_dir"
+            )
         logger.info("%s was made from another folder, seed or split: indexing %s again", target, root)
     _ensure_synthetic(dataset, root, seed)
     datalist = build_datalist(

@@ -66,6 +66,20 @@ def test_datalist_is_reused_for_the_same_split_and_redone_for_another(tmp_path):
     assert set(train[0]) == {"image", "label", "label_format", "case_id", "default_spacing"}
 
 
+def test_an_evaluation_refuses_to_resplit_a_training_runs_datalist(tmp_path):
+    data = tmp_path / "cbis"
+    cbis_ddsm.generate(data, cases=6, seed=0, full_size=False, rows=256)
+    target = tmp_path / "datalist.json"
+    trained = prepare_datalist("cbis-ddsm", str(data), str(target), seed=1)
+    assert prepare_datalist("cbis-ddsm", str(data), str(target), seed=1, replace=False) == trained
+    written = target.read_bytes()
+    with pytest.raises(ValueError, match=r"datalist.json holds the split of another run .*seed 1.*seed 0"):
+        prepare_datalist("cbis-ddsm", str(data), str(target), seed=0, replace=False)
+    with pytest.raises(ValueError, match="another run"):
+        prepare_datalist("cbis-ddsm", str(data), str(target), seed=1, test_fraction=0.3, replace=False)
+    assert target.read_bytes() == written  # the training run's split is left as it was
+
+
 def test_lesions_only_drops_images_without_a_lesion():
     datalist = {"test": [
         {"image": "a.png", "label": None, "label_format": "none", "case_id": "a", "lesion_count": 0},
