@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from torch.optim.swa_utils import update_bn
@@ -32,11 +33,7 @@ logger = logging.getLogger("breastseg.harness")
 
 def evenly_spaced(length: int, count: int) -> list[int]:
     """``count`` indices spread over ``range(length)``, first and last included (all of them if fewer)."""
-    if count >= length:
-        return list(range(length))
-    if count == 1:
-        return [0]
-    return sorted({round(i * (length - 1) / (count - 1)) for i in range(count)})
+    return np.unique(np.linspace(0, length - 1, count).round().astype(int)).tolist()
 
 
 def recalibrate_batch_norm(network: torch.nn.Module, batches: Any, inferer: Any = None, image_key: str = "image") -> int:
