@@ -98,8 +98,8 @@ def prepare_datalist(
 
     A datalist already in ``datalist_file`` is reused when it was made from the same folder and seed:
     resuming, evaluating and comparing bundles then use the identical split. One made from another folder,
-    seed or split is replaced when ``replace`` (a new training run), refused otherwise (an evaluation must not
-    re-split silently: its test set could hold the trained network's training images).
+    seed or split is replaced when ``replace`` (a new training run), refused otherwise (an evaluation or a
+    resumed run must not re-split silently: its test set could hold the network's training images).
     """
     import torch.distributed as dist
 
@@ -126,7 +126,7 @@ def _prepare_datalist(
     val_fraction: float,
     test_fraction: float,
     official_split: bool,
-    replace: bool = True,
+    replace: bool,
 ) -> dict[str, Any]:
     from breastseg.workflows.data.datalist import build_datalist, load_datalist, write_datalist
 

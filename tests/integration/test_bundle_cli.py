@@ -119,6 +119,18 @@ def test_resume_continues_from_the_last_checkpoint(workspace, trained):
     assert [m.step for m in client(workspace).get_metric_history(resumed.info.run_id, "val_mean_dice")] == [3]
 
 
+def test_resume_and_evaluation_refuse_another_split(workspace, trained):
+    datalist = workspace["root"] / "out" / "datalist.json"
+    written = datalist.read_bytes()
+    for workflow, configs, extra in (("training", TRAIN, ["--resume"]), ("evaluating", f"['{TRAIN}','{EVALUATE}']", [])):
+        result = bundle_cli(
+            "run", workflow, "--config_file", configs, *extra, *common(workspace), "--seed", "7", tracking_uri=workspace["uri"]
+        )
+        assert result.returncode != 0
+        assert "holds the split of another run" in result.stderr and "seed 7" in result.stderr
+    assert datalist.read_bytes() == written
+
+
 def test_monai_tracking_flag_creates_no_second_run(workspace, trained):
     before = len(runs(workspace))
     result = bundle_cli(
