@@ -141,15 +141,16 @@ def _prepare_datalist(
             "val_fraction": val_fraction,
             "test_fraction": None if official_split else test_fraction,
         }
-        same_split = all(split.get(key) == value for key, value in wanted.items())
+        existing_split = {key: split.get(key) for key in wanted}
+        same_split = existing_split == wanted
         if Path(existing["root"]).resolve() == root.resolve() and existing.get("seed") == seed and same_split:
             return existing
         if not replace:
             raise ValueError(
                 f"{target} holds the split of another run (folder {existing['root']}, seed {existing.get('seed')}, "
-                f"{ {key: split.get(key) for key in wanted} }); this run asks for folder {root}, seed {seed}, {wanted}. "
-                "Evaluate with the training run's --dataset_dir, --seed, --folds, --val_fraction, --test_fraction and "
-                "--official_split, or give another --output_dir"
+                f"{existing_split}); this run asks for folder {root}, seed {seed}, {wanted}. "
+                "Evaluate or resume with the training run's --dataset_dir, --seed, --folds, --val_fraction, "
+                "--test_fraction and --official_split, or give another --output_dir"
             )
         logger.info("%s was made from another folder, seed or split: indexing %s again", target, root)
     _ensure_synthetic(dataset, root, seed)
