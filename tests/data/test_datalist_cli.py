@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import unittest
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -15,7 +16,8 @@ from breastseg.workflows.data.datalist import build_datalist, fold_split, format
 from breastseg.workflows.data.synthetic import generate
 
 torch.set_num_threads(1)
-BREASTSEG = "/tmp/venv/bin/breastseg"
+# the console script installed beside the interpreter that runs the tests (any venv, any machine)
+BREASTSEG = str(Path(sys.executable).with_name("breastseg"))
 SPLITS = ("training", "validation", "test")
 
 

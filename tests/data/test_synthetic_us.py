@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 import unittest
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -19,7 +20,8 @@ from breastseg.workflows.data.synthetic import generate
 from breastseg.workflows.data.synthetic.ultrasound import LesionStyle, render_ultrasound, sample_lesion_styles
 
 torch.set_num_threads(1)
-BREASTSEG = "/tmp/venv/bin/breastseg"
+# the console script installed beside the interpreter that runs the tests (any venv, any machine)
+BREASTSEG = str(Path(sys.executable).with_name("breastseg"))
 
 
 def render(seed: int, posterior: str = "none", shape: str = "oval", **kwargs):

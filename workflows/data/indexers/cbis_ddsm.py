@@ -1,6 +1,6 @@
 """CBIS-DDSM indexer: the four description CSVs and the DICOM tree -> one record per full mammogram.
 
-Rules (``/work/shared/notes/datasets.md`` section 1):
+Rules (``shared/notes/datasets.md`` (beside the repository) section 1):
 
 * CSVs are read with ``newline=""`` and every cell stripped (the quoted path field ends in a bare LF);
   both ``breast_density`` and ``breast density`` are accepted; ``NA``, ``N/A`` and empty are missing;

@@ -1,6 +1,6 @@
 """INbreast indexer: ``AllDICOMs/`` + ``AllXML/`` + ``INbreast.csv`` -> one record per image.
 
-Rules (``/work/shared/notes/datasets.md`` section 2):
+Rules (``shared/notes/datasets.md`` (beside the repository) section 2):
 
 * Images are ``AllDICOMs/<FileName>_<16-hex case token>_MG_<L|R>_<CC|ML>_ANON.dcm``; the case token is
   ``patient_id`` (the table's patient column is ``removed``), ``FileName`` is ``case_id``.

@@ -1,6 +1,6 @@
 """Synthetic CBIS-DDSM in the collection's on-disk form: four description CSVs and a DICOM tree.
 
-What is reproduced (see ``/work/shared/notes/datasets.md`` section 1):
+What is reproduced (see ``shared/notes/datasets.md`` (beside the repository) section 1):
 
 * the four ``{mass,calc}_case_description_{train,test}_set.csv`` with their exact headers
   (``breast_density`` vs ``breast density``), CRLF records, the quoted path field ending in a bare LF

@@ -1,4 +1,4 @@
-"""Synthetic INbreast in the release's on-disk form (``/work/shared/notes/datasets.md`` section 2).
+"""Synthetic INbreast in the release's on-disk form (``shared/notes/datasets.md`` (beside the repository) section 2).
 
 Writes ``INbreast Release 1.0/`` with:
 
