@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from monai.transforms import (
     Compose,
+    DeleteItemsd,
+    FgBgToIndicesd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
@@ -67,6 +69,9 @@ def _lesion_balanced_crop(
     Background centres are drawn where the image is above ``negative_threshold``: above zero (the default), a
     negative crop shows breast or film, not the square padding (zero in every whole-mammogram chain) that
     fills about 40 % of the input; higher, it shows the bright tissue that a network confuses with masses.
+
+    The lesion and background pixel indices are found once per image (``FgBgToIndicesd``, cached with the
+    deterministic head), not per sample: the crop then only draws a centre. They are dropped after the crop.
     """
     if size is None or label_key is None:
         return []
@@ -74,7 +79,9 @@ def _lesion_balanced_crop(
         raise ValueError(f"crop_positive_fraction must be strictly between 0 and 1, got {positive_fraction}")
     if not 0.0 <= negative_threshold < 1.0:
         raise ValueError(f"crop_negative_threshold must be in [0, 1) (image intensities), got {negative_threshold}")
+    fg_key, bg_key = f"{label_key}_fg_indices", f"{label_key}_bg_indices"
     return [
+        FgBgToIndicesd(label_key, image_key=image_key, image_threshold=negative_threshold),
         RandCropByPosNegLabeld(
             keys,
             label_key=label_key,
@@ -82,9 +89,12 @@ def _lesion_balanced_crop(
             pos=positive_fraction,
             neg=1.0 - positive_fraction,
             num_samples=1,
+            fg_indices_key=fg_key,
+            bg_indices_key=bg_key,
             image_key=image_key,
             image_threshold=negative_threshold,
-        )
+        ),
+        DeleteItemsd((fg_key, bg_key)),
     ]
 
 

@@ -5,22 +5,70 @@ A chain may turn one image into several samples (paper 001 crops one ROI per les
 lesions. :class:`SampleCacheDataset` caches each image's deterministic output once (in memory, or on disk
 with ``cache="disk"`` for full-size mammograms) and indexes the resulting *samples*, so a batch of 16
 is 16 lesions as the paper trains, and each epoch's random transforms run per sample.
+
+Training datasets are built with ``track_meta=False`` (MONAI's fast-training recipe): the cached samples
+are plain tensors and the random transforms run with metadata tracking off, so no per-sample ``deepcopy``
+of metadata, no ``MetaTensor`` collation, and the network sees plain tensors. Validation keeps metadata
+(the metrics read each case's pixel spacing from the label's affine).
+
+:func:`build_loader` picks the loader from the device when ``num_workers`` is ``None``: on a GPU, worker
+processes (persistent, pinned memory) run the random transforms beside the training loop; on a CPU, the
+training thread does (the CPU is busy with the network anyway, and the random stream stays that of one thread).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, get_track_meta, set_track_meta
+from monai.data.meta_tensor import MetaTensor
 from monai.transforms import Compose, Randomizable, apply_transform
 
-__all__ = ["SampleCacheDataset", "build_dataset", "build_loader"]
+__all__ = ["SampleCacheDataset", "build_dataset", "build_loader", "auto_num_workers", "plain_tensors"]
 
 logger = logging.getLogger("breastseg.datasets")
+
+
+def plain_tensors(item: Any) -> Any:
+    """``item`` with every ``MetaTensor`` (in dicts and lists too) as a plain ``torch.Tensor`` sharing its memory."""
+    if isinstance(item, MetaTensor):
+        return item.as_tensor()
+    if isinstance(item, dict):
+        return {key: plain_tensors(value) for key, value in item.items()}
+    if isinstance(item, list):
+        return [plain_tensors(value) for value in item]
+    return item
+
+
+def _compact_masks(item: Any, keys: Sequence[str]) -> Any:
+    """Binary float masks under ``keys`` as ``uint8`` (a quarter of the bytes to cache, collate and copy)."""
+    if isinstance(item, list):
+        return [_compact_masks(value, keys) for value in item]
+    if not isinstance(item, dict):
+        return item
+    compact = dict(item)
+    for key in keys:
+        mask = compact.get(key)
+        if isinstance(mask, torch.Tensor) and mask.is_floating_point() and bool(((mask == 0) | (mask == 1)).all()):
+            compact[key] = mask.to(torch.uint8)
+    return compact
+
+
+@contextmanager
+def _meta_tracking(enabled: bool) -> Iterator[None]:
+    """MONAI's global metadata switch, set for one sample's random transforms and restored after."""
+    previous = get_track_meta()
+    set_track_meta(enabled)
+    try:
+        yield
+    finally:
+        set_track_meta(previous)
 
 
 def _split_chain(transform: Compose) -> tuple[Compose, Compose]:
@@ -40,6 +88,12 @@ class SampleCacheDataset(Dataset):
             ``"none"`` (recomputed every time: for quick checks only).
         cache_dir: folder of the disk cache.
         num_workers: threads used to fill the memory cache.
+        track_meta: keep MONAI metadata (``MetaTensor``) in the samples. ``False`` (training): the cache holds
+            plain tensors, the random transforms run without metadata, and a sample is a shallow copy of its
+            cached dict (MONAI's random transforms return new tensors; they never write into their input).
+            Binary masks under ``mask_keys`` are then cached as ``uint8``; the trainer casts them back to float
+            on the device (:func:`breastseg.workflows.harness.plain_batch`).
+        mask_keys: the binary mask keys compacted when ``track_meta`` is ``False``.
     """
 
     def __init__(
@@ -49,6 +103,8 @@ class SampleCacheDataset(Dataset):
         cache: str = "memory",
         cache_dir: str | Path | None = None,
         num_workers: int | None = 1,
+        track_meta: bool = True,
+        mask_keys: Sequence[str] = ("label",),
     ) -> None:
         if cache not in ("memory", "disk", "none"):
             raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}")
@@ -66,6 +122,10 @@ class SampleCacheDataset(Dataset):
             self.base = PersistentDataset(data, self.deterministic, cache_dir=cache_dir)
         else:
             self.base = Dataset(data, self.deterministic)
+        self.track_meta = track_meta
+        self.mask_keys = tuple(mask_keys)
+        if not track_meta and isinstance(self.base, CacheDataset):
+            self.base._cache = [_compact_masks(plain_tensors(item), self.mask_keys) for item in self.base._cache]
         self.index: list[tuple[int, int | None]] = []
         for item_index in range(len(self.base)):
             item = self.base[item_index]
@@ -82,8 +142,17 @@ class SampleCacheDataset(Dataset):
     def _transform(self, index: int) -> Any:
         item_index, sample_index = self.index[index]
         item = self.base[item_index]
-        sample = deepcopy(item[sample_index] if sample_index is not None else item)
-        return apply_transform(self.random, sample) if self.random.transforms else sample
+        sample = item[sample_index] if sample_index is not None else item
+        if self.track_meta:
+            sample = deepcopy(sample)
+            return apply_transform(self.random, sample) if self.random.transforms else sample
+        sample = dict(plain_tensors(sample))
+        if not isinstance(self.base, CacheDataset):  # disk or no cache: compact each sample as it is read
+            sample = _compact_masks(sample, self.mask_keys)
+        if not self.random.transforms:
+            return sample
+        with _meta_tracking(False):
+            return apply_transform(self.random, sample)
 
 
 def build_dataset(
@@ -92,31 +161,54 @@ def build_dataset(
     cache: str = "memory",
     cache_dir: str | Path | None = None,
     num_workers: int | None = 1,
+    track_meta: bool = True,
 ) -> SampleCacheDataset:
     """Records + chain -> the harness dataset (see :class:`SampleCacheDataset`)."""
     if not records:
         raise ValueError("no records to build a dataset from: check the datalist split")
-    return SampleCacheDataset(records, transform, cache=cache, cache_dir=cache_dir, num_workers=num_workers)
+    return SampleCacheDataset(
+        records, transform, cache=cache, cache_dir=cache_dir, num_workers=num_workers, track_meta=track_meta
+    )
+
+
+def auto_num_workers(device: str | torch.device | None) -> int:
+    """Loader worker processes for ``device``: on CUDA, all CPUs but one for the training loop (at most 8);
+    on a CPU, none (the transforms run on the training thread: with 1-2 cores, processes only compete with
+    the network for them)."""
+    if device is None or torch.device(device).type != "cuda":
+        return 0
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, available - 1))
 
 
 def build_loader(
     dataset: Dataset,
     batch_size: int,
     shuffle: bool,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     sampler: Any = None,
     collate_fn: Callable | None = None,
     drop_last: bool = False,
+    device: str | torch.device | None = None,
 ) -> DataLoader:
     """A MONAI ``DataLoader`` (a distributed ``sampler`` replaces shuffling).
+
+    ``num_workers`` ``None`` picks :func:`auto_num_workers` for ``device``. With worker processes the loader
+    keeps them between epochs and, on CUDA, pins the batches so they reach the GPU by non-blocking copies.
 
     A loader in fixed order gets its own generator: iterating it (a validation every epoch or every other)
     then leaves the global torch random stream alone, so the training trajectory does not depend on
     ``val_interval``. ``drop_last`` skips an incomplete last batch (networks whose batch norm sees one value
     per channel, such as pooled attention vectors, cannot train on a batch of one).
     """
+    if num_workers is None:
+        num_workers = auto_num_workers(device)
     kwargs: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "sampler": sampler}
     kwargs["drop_last"] = drop_last
+    if num_workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=4)
+    if device is not None and torch.device(device).type == "cuda":
+        kwargs["pin_memory"] = True
     kwargs["shuffle"] = shuffle and sampler is None
     if not kwargs["shuffle"] and sampler is None:
         kwargs["generator"] = torch.Generator().manual_seed(0)

@@ -84,6 +84,7 @@ class QuarantiningDataset(SampleCacheDataset):
         cache_dir: folder of the disk cache.
         num_workers: threads used to fill the memory cache.
         image_key: record key of the image file.
+        track_meta: as ``SampleCacheDataset``'s (``False`` for training).
 
     Raises:
         ValueError: when every record is rejected (the first reasons are in the message).
@@ -98,10 +99,13 @@ class QuarantiningDataset(SampleCacheDataset):
         cache_dir: str | Path | None = None,
         num_workers: int | None = 1,
         image_key: str = "image",
+        track_meta: bool = True,
     ) -> None:
         if not isinstance(transform, Compose):
             transform = Compose(transform)
-        super().__init__(data, _guarded(transform, image_key), cache=cache, cache_dir=cache_dir, num_workers=num_workers)
+        super().__init__(
+            data, _guarded(transform, image_key), cache=cache, cache_dir=cache_dir, num_workers=num_workers, track_meta=track_meta
+        )
         self.quarantine: list[dict[str, str]] = []
         kept: list[tuple[int, int | None]] = []
         for item_index, sample_index in self.index:
