@@ -24,7 +24,7 @@ class AWLoss(_Loss):
     Outputs smaller than the target are compared with the target resized by nearest-neighbour interpolation.
     One tensor instead of a list is a single head (weight 1).
 
-    After each call, :py:attr:`terms` holds the weights and focal losses of that call as floats,
+    After each call, :py:attr:`terms` holds the weights and focal losses of that call as detached scalar tensors,
     ``{"aw_weight_<head>": w, "aw_focal_<head>": FL}``, for logging (see
     :py:class:`breastseg.workflows.loss_terms.LossTermsAverage`).
 
@@ -46,7 +46,7 @@ class AWLoss(_Loss):
         self.gamma = float(gamma)
         self.head_names = None if head_names is None else [str(name) for name in head_names]
         self.focal = FocalLoss(include_background=True, gamma=self.gamma, alpha=None, use_softmax=False, reduction="mean")
-        self.terms: dict[str, float] = {}
+        self.terms: dict[str, torch.Tensor] = {}
 
     def head_losses(self, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """``(N,)`` focal loss of every output against ``target``."""
@@ -71,9 +71,9 @@ class AWLoss(_Loss):
         detached = losses.detach()
         weights = detached / detached.sum().clamp_min(torch.finfo(detached.dtype).tiny)
         names = self.head_names or [str(index) for index in range(len(outputs))]
-        values = torch.stack([weights, detached]).tolist()  # one device sync for all terms
-        self.terms = {f"aw_weight_{n}": w for n, w in zip(names, values[0])}
-        self.terms.update({f"aw_focal_{n}": v for n, v in zip(names, values[1])})
+        # detached tensors, not floats: reading them each step would make the GPU wait for the host
+        self.terms = {f"aw_weight_{n}": w for n, w in zip(names, weights)}
+        self.terms.update({f"aw_focal_{n}": v for n, v in zip(names, detached)})
         return (weights * losses).sum()
 
 

@@ -7,22 +7,29 @@ Two files in ``ckpt_dir``:
 - ``checkpoint_last.pt``: network, optimizer, LR scheduler and trainer state after the last completed
   epoch, plus the evaluator's best metric, so ``--resume`` continues exactly there.
 
-Both are written atomically (temporary file + rename): a run killed while saving keeps the previous
-good file. Nothing is saved once the loss is not finite (see :class:`NonFiniteLossGuard`), so a failed
-run keeps its last good checkpoint.
+Both are written atomically (temporary file + rename) on a background thread
+(:mod:`breastseg.workflows.checkpoint_writer`): the trainer is held only while the tensors are copied. A run
+killed while saving keeps the previous good file, and the next run removes the killed writer's temporary
+file. Nothing is saved once the loss is not finite (see :class:`NonFiniteLossGuard`), and a snapshot whose
+weights or optimizer state hold NaN or inf (NaN gradients with a finite loss) is not written and stops the
+run, so a failed run keeps its last good checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+
+from breastseg.workflows.checkpoint_writer import (
+    CheckpointWriter,
+    NonFiniteStateError,
+    atomic_torch_save,
+    remove_stale_temporaries,
+)
 
 __all__ = [
     "BEST_MODEL_FILE",
@@ -38,47 +45,55 @@ LAST_CHECKPOINT_FILE = "checkpoint_last.pt"
 logger = logging.getLogger("breastseg.checkpoints")
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
     """The module whose ``state_dict`` keys carry no ``module.`` prefix (DDP / DataParallel)."""
     return network.module if hasattr(network, "module") else network
 
 
 class NonFiniteLossGuard:
-    """Stop training with a clear error as soon as the loss is NaN or infinite.
+    """Stop training with a clear error when the loss was NaN or infinite during the epoch.
 
-    Raised at ``ITERATION_COMPLETED``, before the epoch's checkpoint is written, so the last good
-    checkpoint on disk is kept.
+    Each step only adds to flags on the loss's device (no host read, so a GPU never waits for the check); the
+    flags are read once at ``EPOCH_COMPLETED``. The guard is the trainer's first handler, so it raises before
+    the epoch's checkpoint is written and the last good checkpoint on disk is kept.
     """
 
     def attach(self, engine: Engine) -> None:
-        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if not engine.has_event_handler(self.update, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
 
-    def __call__(self, engine: Engine) -> None:
+    def reset(self, engine: Engine) -> None:
+        self.steps: Any = 0
+        self.first_bad: Any = None  # the epoch's first step whose loss was not finite, -1 for none
+        self.bad_value: Any = None
+
+    def update(self, engine: Engine) -> None:
         output = engine.state.output
         loss = output.get("loss") if isinstance(output, dict) else None
         if loss is None:
             return
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"training loss is {value} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
-                "stopping. The last good checkpoint is kept (lower the learning rate or check the data)."
-            )
+        loss = torch.as_tensor(loss).detach().float().reshape(())
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.bad_value = torch.zeros((), device=loss.device)
+        self.steps = self.steps + 1 if isinstance(self.steps, torch.Tensor) else torch.full((), 1, device=loss.device)
+        new = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(new, self.steps, self.first_bad)
+        self.bad_value = torch.where(new, loss, self.bad_value)
+
+    def check(self, engine: Engine) -> None:
+        if self.first_bad is None:
+            return
+        step = int(self.first_bad)
+        if step < 0:
+            return
+        iteration = engine.state.iteration - int(self.steps) + step
+        raise FloatingPointError(
+            f"training loss is {float(self.bad_value)} at epoch {engine.state.epoch}, iteration {iteration}; "
+            "stopping. The last good checkpoint is kept (lower the learning rate or check the data)."
+        )
 
 
 class EpochCheckpointer:
@@ -113,11 +128,14 @@ class EpochCheckpointer:
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.evaluator = evaluator
+        self.writer = CheckpointWriter(check_finite=True)
         self._trainer: Engine | None = None
 
     def attach(self, trainer: Engine) -> None:
         self._trainer = trainer
         if not trainer.has_event_handler(self.save_at_end, Events.COMPLETED):
+            remove_stale_temporaries(self.ckpt_dir, (LAST_CHECKPOINT_FILE, BEST_MODEL_FILE))
+            trainer.add_event_handler(Events.ITERATION_COMPLETED, self.stop_on_failed_write)
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save_last)
             trainer.add_event_handler(Events.COMPLETED, self.save_at_end)
         if self.evaluator is not None and not self.evaluator.has_event_handler(self.save_best, Events.EPOCH_COMPLETED):
@@ -137,18 +155,45 @@ class EpochCheckpointer:
         return state
 
     def save_at_end(self, trainer: Engine) -> None:
-        """The run's last epoch, when the interval skipped it (not reached after a raised error)."""
+        """The run's last epoch, when the interval skipped it (not reached after a raised error); then wait
+        for every write, so the files are complete when the run returns."""
         if trainer.state.epoch % self.interval != 0:
             self.save_last(trainer)
+        try:
+            self.writer.wait()
+        except Exception as error:
+            self._stop(error)
+
+    def stop_on_failed_write(self, trainer: Engine) -> None:
+        """Stop the run as soon as a background write failed (never waits)."""
+        error = self.writer.failed()
+        if error is not None:
+            self._stop(error)
+
+    def _save(self, state: dict[str, Any], name: str) -> None:
+        try:
+            self.writer.save(state, self.ckpt_dir / name)
+        except Exception as error:  # the previous write of this file failed
+            self._stop(error)
+
+    def _stop(self, error: BaseException) -> None:
+        if isinstance(error, NonFiniteStateError):
+            epoch = self._trainer.state.epoch if self._trainer is not None else "?"
+            raise FloatingPointError(
+                f"training state is not finite at epoch {epoch} (NaN or inf weights or optimizer "
+                "state, e.g. NaN gradients); stopping. The last good checkpoint is kept (lower the learning rate "
+                "or check the data)."
+            ) from error
+        raise error
 
     def save_last(self, trainer: Engine) -> None:
-        atomic_torch_save(self.state(trainer), self.ckpt_dir / LAST_CHECKPOINT_FILE)
+        self._save(self.state(trainer), LAST_CHECKPOINT_FILE)
         if self.evaluator is None:
-            atomic_torch_save(_unwrap(self.network).state_dict(), self.ckpt_dir / BEST_MODEL_FILE)
+            self._save(_unwrap(self.network).state_dict(), BEST_MODEL_FILE)
 
     def save_best(self, evaluator: Engine) -> None:
         if evaluator.state.best_metric_epoch == evaluator.state.epoch:
-            atomic_torch_save(_unwrap(self.network).state_dict(), self.ckpt_dir / BEST_MODEL_FILE)
+            self._save(_unwrap(self.network).state_dict(), BEST_MODEL_FILE)
             logger.info(
                 "saved %s (key metric %.4f at epoch %d)",
                 self.ckpt_dir / BEST_MODEL_FILE,

@@ -12,6 +12,11 @@ project's conventions:
   evaluator runs the network in ``eval()`` mode, where it returns the final head only;
 - mixed precision: MONAI's AMP on CUDA by default, bfloat16 autocast on CPU when asked (``amp=True``,
   :mod:`breastseg.workflows.precision`);
+- the loop reads nothing back from the device per step: the epoch loss, the loss terms and the
+  non-finite-loss check accumulate on the device and are read once per epoch (log lines and the progress
+  bar every ``log_every`` steps), so a GPU is never left waiting for the host;
+- the network sees plain tensors (``MetaTensor`` costs a Python dispatch per operation), copied to the
+  device without blocking;
 - a non-finite loss stops the run before the epoch's checkpoint is written;
 - a progress bar on a terminal, plain log lines otherwise.
 """
@@ -19,18 +24,22 @@ project's conventions:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines import SupervisedEvaluator, SupervisedTrainer, default_prepare_batch
 from monai.handlers import LrScheduleHandler, StatsHandler
 from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Compose
 
+from breastseg.workflows.checkpoint_writer import wait_for_pending_writes
 from breastseg.workflows.checkpoints import NonFiniteLossGuard
+from breastseg.workflows.datasets import plain_tensors
 from breastseg.workflows.precision import resolve_precision
 from breastseg.workflows.tracking import unique_trackers
 
@@ -44,11 +53,16 @@ __all__ = [
     "progress_handlers",
     "seed_everything",
     "loss_value",
+    "plain_batch",
+    "plain_input_batch",
+    "every",
 ]
 
 logger = logging.getLogger("breastseg.harness")
 
 LR_SCHEDULES = ("exponential", "plateau", "step", "none")
+#: training steps between two log lines (or progress-bar updates); each reads the loss back from the device
+LOG_EVERY = 10
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -111,10 +125,32 @@ def loss_value(output: Any) -> float:
     return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
+def every(steps: int):
+    """An event filter true every ``steps`` events (MONAI handlers' ``iteration_log`` / ``epoch_log``)."""
+    return lambda engine, event: event % steps == 0
+
+
+def plain_batch(batchdata: Any, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> tuple[Any, Any]:
+    """MONAI's ``default_prepare_batch`` with the image and the label as plain tensors (training); a label
+    cached as ``uint8`` (:class:`~breastseg.workflows.datasets.SampleCacheDataset`) becomes float32 on the device."""
+    inputs, targets = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    targets = plain_tensors(targets)
+    if isinstance(targets, torch.Tensor) and targets.dtype == torch.uint8:
+        targets = targets.float()
+    return plain_tensors(inputs), targets
+
+
+def plain_input_batch(batchdata: Any, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> tuple[Any, Any]:
+    """The image as a plain tensor, the label as it is (validation: metrics read the label's pixel spacing)."""
+    inputs, targets = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    return plain_tensors(inputs), targets
+
+
 class EpochLossAverage:
     """The mean training loss of each epoch as ``engine.state.metrics["train_epoch_loss"]``.
 
-    The trainer computes no metric (for speed), so this is what epoch-level logs and MLflow show.
+    The trainer computes no metric (for speed), so this is what epoch-level logs and MLflow show. The sum
+    stays on the loss's device and is read once, at the end of the epoch.
     """
 
     def attach(self, engine: Any) -> None:
@@ -126,15 +162,18 @@ class EpochLossAverage:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.complete)
 
     def reset(self, engine: Any) -> None:
-        self.total, self.count = 0.0, 0
+        self.total: Any = 0.0
+        self.count = 0
 
     def update(self, engine: Any) -> None:
-        self.total += loss_value(engine.state.output)
+        output = engine.state.output
+        loss = output["loss"] if isinstance(output, dict) else output
+        self.total = self.total + (loss.detach().float() if isinstance(loss, torch.Tensor) else float(loss))
         self.count += 1
 
     def complete(self, engine: Any) -> None:
         if self.count:
-            engine.state.metrics["train_epoch_loss"] = self.total / self.count
+            engine.state.metrics["train_epoch_loss"] = float(self.total) / self.count
 
 
 def _on_terminal() -> bool:
@@ -142,21 +181,29 @@ def _on_terminal() -> bool:
 
 
 class _ProgressBar:
-    """Ignite's tqdm progress bar on a terminal (training loss shown)."""
+    """Ignite's tqdm progress bar on a terminal (training loss shown, read every ``log_every`` steps)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_every: int = LOG_EVERY) -> None:
         from ignite.contrib.handlers import ProgressBar
 
         self.bar = ProgressBar(persist=False)
+        self.log_every = log_every
 
     def attach(self, engine: Any) -> None:
-        self.bar.attach(engine, output_transform=lambda output: {"loss": loss_value(output)})
+        from ignite.engine import Events
+
+        self.bar.attach(
+            engine,
+            output_transform=lambda output: {"loss": loss_value(output)},
+            event_name=Events.ITERATION_COMPLETED(every=self.log_every),
+        )
 
 
-def progress_handlers(role: str, terminal: bool | None = None) -> list[Any]:
+def progress_handlers(role: str, terminal: bool | None = None, log_every: int = LOG_EVERY) -> list[Any]:
     """Log handlers for ``role`` ("trainer" or "evaluator"): a progress bar on a terminal, lines otherwise.
 
-    Epoch summaries are logged in both cases (they are what remains in a log file).
+    Epoch summaries are logged in both cases (they are what remains in a log file). The training loss of a
+    step is shown every ``log_every`` steps: each read waits for the device.
     """
     terminal = _on_terminal() if terminal is None else terminal
     name = f"breastseg.{role}"
@@ -166,14 +213,61 @@ def progress_handlers(role: str, terminal: bool | None = None) -> list[Any]:
                 name=name,
                 tag_name="train_loss",
                 output_transform=loss_value,
-                iteration_log=not terminal,
+                iteration_log=False if terminal else every(log_every),
                 epoch_log=True,
             )
         ]
         if terminal:
-            handlers.append(_ProgressBar())
+            handlers.append(_ProgressBar(log_every))
         return handlers
     return [StatsHandler(name=name, iteration_log=False, output_transform=lambda x: None)]
+
+
+class _FinishWritesOnError:
+    """First ``EXCEPTION_RAISED`` handler: wait for the background checkpoint writes, so the files on disk are
+    complete when the run's error reaches the caller. It does not raise; :class:`_ReRaise` (last) does."""
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EXCEPTION_RAISED, lambda engine, error: wait_for_pending_writes())
+
+
+class _ReRaise:
+    """Last ``EXCEPTION_RAISED`` handler: Ignite hands an error to the handlers instead of raising it, so one
+    of them must re-raise (MONAI's ``StatsHandler`` does when it is there; this one does otherwise)."""
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine: Any, error: BaseException) -> None:
+        raise error
+
+
+def seconds_since_process_start() -> float | None:
+    """Seconds since this process started (Linux ``/proc``); ``None`` where that is not known."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _FirstStepLog:
+    """Log once how long the command took to reach its first training step (imports, data, cache, network)."""
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self)
+
+    def __call__(self, engine: Any) -> None:
+        seconds = seconds_since_process_start()
+        if seconds is not None:
+            logger.info("first training step after %.1f s (from the command's start)", seconds)
 
 
 def _handler_list(handlers: Sequence[Any] | None) -> list[Any]:
@@ -244,11 +338,19 @@ def build_trainer(
     """The harness trainer: ``SupervisedTrainer`` without decollation, post-transforms or metrics.
 
     ``amp``: ``None`` follows the device (MONAI's AMP on CUDA, float32 on CPU); ``True`` on CPU autocasts to
-    bfloat16 (:func:`~breastseg.workflows.precision.resolve_precision`).
+    bfloat16 (:func:`~breastseg.workflows.precision.resolve_precision`). Batches reach the network as plain
+    tensors (:func:`plain_batch`), copied to a GPU without blocking.
     """
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
-    handlers = [NonFiniteLossGuard(), EpochLossAverage(), *_handler_list(train_handlers)]
+    handlers = [
+        _FinishWritesOnError(),
+        NonFiniteLossGuard(),
+        EpochLossAverage(),
+        _FirstStepLog(),
+        *_handler_list(train_handlers),
+        _ReRaise(),
+    ]
     amp, inferer = resolve_precision(device, amp, inferer or SimpleInferer(), network)
     return SupervisedTrainer(
         device=torch.device(device),
@@ -263,6 +365,8 @@ def build_trainer(
         decollate=False,
         epoch_length=epoch_length,
         optim_set_to_none=True,
+        prepare_batch=plain_batch,
+        non_blocking=torch.device(device).type == "cuda",
     )
 
 
@@ -280,7 +384,8 @@ def build_evaluator(
     """The harness evaluator: batched post-processing (``decollate=False``) and MONAI metric handlers
     (``key_val_metric`` None: inference, nothing scored).
 
-    ``amp`` as in :func:`build_trainer`.
+    ``amp`` as in :func:`build_trainer`. The network gets the image as a plain tensor; ``engine.state.batch``
+    keeps the metadata that writers and metrics read.
     """
     amp, inferer = resolve_precision(device, amp, inferer or SimpleInferer(), network)
     return SupervisedEvaluator(
@@ -294,4 +399,6 @@ def build_evaluator(
         val_handlers=_handler_list(val_handlers),
         amp=amp,
         decollate=False,
+        prepare_batch=plain_input_batch,
+        non_blocking=torch.device(device).type == "cuda",
     )

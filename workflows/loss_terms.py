@@ -1,8 +1,10 @@
 """Per-epoch logging of the terms a loss exposes (e.g. the AW-loss head weights of paper 000).
 
-Any loss with a ``terms`` dict of floats (name -> value of the last call) can be followed: the handler
-averages every term over the epoch's iterations and puts the means into ``engine.state.metrics``, where
-the MLflow tracker's epoch log and the trainer's stats log pick them up. List it in the trainer's
+Any loss with a ``terms`` dict of scalar tensors or floats (name -> value of the last call) can be followed:
+the handler averages every term over the epoch's iterations and puts the means into ``engine.state.metrics``,
+where the MLflow tracker's epoch log and the trainer's stats log pick them up. The sums stay on the device
+and are read once per epoch (a loss should keep its terms as detached tensors: a float per step is a host
+sync per step). List it in the trainer's
 handlers **before** the tracker, so the values are there when the tracker logs the epoch.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
 
 __all__ = ["LossTermsAverage"]
@@ -23,7 +26,7 @@ class LossTermsAverage:
 
     Args:
         loss: the loss object (its ``attribute`` is read after every iteration).
-        attribute: name of the dict of floats on ``loss``.
+        attribute: name of the dict of scalar tensors (or floats) on ``loss``.
         prefix: prepended to each metric name.
 
     Raises:
@@ -36,7 +39,7 @@ class LossTermsAverage:
         self.loss = loss
         self.attribute = attribute
         self.prefix = prefix
-        self._totals: dict[str, float] = {}
+        self._totals: dict[str, Any] = {}
         self._count = 0
 
     def attach(self, engine: Engine) -> None:
@@ -51,12 +54,16 @@ class LossTermsAverage:
     def update(self, engine: Engine) -> None:
         terms = getattr(self.loss, self.attribute)
         for name, value in terms.items():
-            self._totals[name] = self._totals.get(name, 0.0) + float(value)
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            self._totals[name] = self._totals.get(name, 0.0) + value
         self._count += 1
 
     def complete(self, engine: Engine) -> None:
         if not self._count:
             return
-        means = {f"{self.prefix}{name}": total / self._count for name, total in self._totals.items()}
+        names = list(self._totals)
+        totals = [torch.as_tensor(total, dtype=torch.float32).cpu() for total in self._totals.values()]
+        values = torch.stack(totals).tolist() if totals else []  # one read for every term
+        means = {f"{self.prefix}{name}": value / self._count for name, value in zip(names, values)}
         engine.state.metrics.update(means)
         logger.info("epoch %d loss terms: %s", engine.state.epoch, ", ".join(f"{k}={v:.4f}" for k, v in means.items()))

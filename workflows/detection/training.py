@@ -148,13 +148,13 @@ class DetectorLoss(YOLOv3Loss):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.terms: dict[str, float] = {}
+        self.terms: dict[str, torch.Tensor] = {}
 
     def forward(self, heads: Sequence[torch.Tensor], targets: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         if isinstance(targets, torch.Tensor):
             targets = unpad_boxes(targets)
         components = self.components(heads, targets)
-        self.terms = {f"loss_{name}": float(value.detach()) for name, value in components.items()}
+        self.terms = {f"loss_{name}": value.detach() for name, value in components.items()}  # read once per epoch
         box_weight, objectness_weight, class_weight = self.weights
         return box_weight * components["box"] + objectness_weight * components["objectness"] + class_weight * components["class"]
 
