@@ -21,11 +21,10 @@ from monai.transforms import (
     RandRotate90d,
     Resized,
     ScaleIntensityd,
-    ScaleIntensityRanged,
     Transform,
 )
 
-from .intensity import CLAHEd, HistogramEqualized, WienerFilterd
+from .intensity import CLAHEd, HistogramEqualized, ScaleByBitDepthd, WienerFilterd
 from .io import LoadBreastImaged, LoadLesionMaskd
 from .spatial import BorderCropd, BreastCentredSquarePadd, CanonicalSided, LesionRoiCropd, RemoveArtefactsd
 
@@ -242,15 +241,16 @@ def hybrid_attention_us(
 ) -> Compose:
     """Hybrid attention network for ultrasound (003): resize to 256x256, no augmentation.
 
-    Defaults where the paper is silent: 8-bit intensities scaled as ``value / 255`` (absolute
-    brightness is meaningful in B-mode; clipped to [0, 1]); area interpolation for the image.
+    Defaults where the paper is silent: intensities scaled by the file's bit depth, ``value / (2 ** bits - 1)``
+    (``value / 255`` for 8-bit files, ``/ 65535`` for 16-bit ones; absolute brightness is meaningful in B-mode;
+    clipped to [0, 1]); area interpolation for the image.
     ``train=True`` adds nothing (the paper trains without augmentation).
     """
     used, image_key, label_key = _keys(keys, with_label)
     steps = _load(image_key, label_key, "pydicom")
     steps += [
         _resize(used, image_size, "area"),
-        ScaleIntensityRanged(image_key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
+        ScaleByBitDepthd(image_key),
     ]
     return Compose(steps)
 

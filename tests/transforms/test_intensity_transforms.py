@@ -11,7 +11,16 @@ from parameterized import parameterized
 from scipy.signal import wiener
 from skimage.exposure import equalize_adapthist
 
-from breastseg.transforms import CLAHE, CLAHEd, HistogramEqualize, HistogramEqualized, WienerFilter, WienerFilterd
+from breastseg.transforms import (
+    CLAHE,
+    CLAHEd,
+    HistogramEqualize,
+    HistogramEqualized,
+    ScaleByBitDepth,
+    ScaleByBitDepthd,
+    WienerFilter,
+    WienerFilterd,
+)
 
 torch.set_num_threads(1)
 RNG = np.random.default_rng(3)
@@ -114,6 +123,20 @@ class TestCLAHE(unittest.TestCase):
     def test_validation(self, kwargs):
         with self.assertRaises(ValueError):
             CLAHE(**kwargs)
+
+
+class TestScaleByBitDepth(unittest.TestCase):
+    def test_scales_by_the_stated_depth_and_clips(self):
+        image = MetaTensor(torch.tensor([[[0.0, 4095.0, 5000.0]]]), meta={"bit_depth": 12, "filename_or_obj": "a.dcm"})
+        out = ScaleByBitDepthd("image")({"image": image})["image"]
+        torch.testing.assert_close(out.as_tensor(), torch.tensor([[[0.0, 1.0, 1.0]]]))
+        self.assertEqual(out.meta["filename_or_obj"], "a.dcm")
+
+    def test_an_image_without_a_bit_depth_is_refused_with_its_file_named(self):
+        with self.assertRaisesRegex(ValueError, "float.tif: its file states no bit depth"):
+            ScaleByBitDepth()(MetaTensor(torch.ones(1, 2, 2), meta={"bit_depth": "", "filename_or_obj": "float.tif"}))
+        with self.assertRaisesRegex(ValueError, "no bit depth"):
+            ScaleByBitDepth()(torch.ones(1, 2, 2))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from mammo_factory import phantom_mammogram, write_dicom, write_png
 from monai.utils import set_determinism
+from PIL import Image
 
 from breastseg.transforms import NoBreastFoundError, brems_net, connected_unets, hybrid_attention_us, two_stage_msf, unetplusplus_mammo
 
@@ -226,6 +227,25 @@ class TestPaperChains(unittest.TestCase):
         self.assertGreater(overlap, 0.85)
         image_only = hybrid_attention_us(image_size=40, with_label=False)({"image": self.us["image"]})
         self.assertEqual(tuple(image_only["image"].shape), (1, 40, 40))
+
+    def test_hybrid_attention_us_scales_by_the_files_bit_depth(self):
+        # the same picture exported as 16-bit (value x 257): a fixed 0-255 range saturated it (issue 16, item 9)
+        picture = np.asarray(Image.open(self.us["image"]).convert("L"))
+        wide = write_png(f"{self.tmp.name}/benign (2).png", picture.astype(np.uint16) * 257)
+        self.assertEqual(Image.open(wide).mode, "I;16")
+        chain = hybrid_attention_us(image_size=40)
+        eight_bit = chain(dict(self.us))["image"]
+        sixteen_bit = chain({**self.us, "image": wide})["image"]
+        self.assertLess(float((sixteen_bit >= 1.0).float().mean()), 0.01)
+        torch.testing.assert_close(sixteen_bit.as_tensor(), eight_bit.as_tensor(), atol=1e-6, rtol=0)
+        self.assertEqual((sixteen_bit.meta["bit_depth"], eight_bit.meta["bit_depth"]), (16, 8))
+
+    def test_scale_by_bit_depth_uses_the_dicom_bits_stored(self):
+        image = (np.arange(ROWS * COLS).reshape(ROWS, COLS) % 4096).astype(np.uint16)
+        path = write_dicom(f"{self.tmp.name}/us12.dcm", image, bits_stored=12)
+        out = hybrid_attention_us(image_size=ROWS, with_label=False)({"image": path})["image"]
+        self.assertAlmostEqual(float(out.max()), 4095 / 4095)
+        self.assertAlmostEqual(float(out.mean()), float(image.mean()) / 4095, places=4)
 
     def test_connected_unets_cbis_and_inbreast(self):
         for dataset in ("cbis-ddsm", "inbreast"):

@@ -1,7 +1,7 @@
-"""Intensity transforms: histogram equalisation, CLAHE, Wiener denoising (array + dictionary forms)."""
+"""Intensity transforms: histogram equalisation, CLAHE, Wiener denoising, scaling by bit depth (array + dictionary forms)."""
 
-from .array import CLAHE, HistogramEqualize, WienerFilter
-from .dictionary import CLAHEd, HistogramEqualized, WienerFilterd
+from .array import CLAHE, HistogramEqualize, ScaleByBitDepth, WienerFilter
+from .dictionary import CLAHEd, HistogramEqualized, ScaleByBitDepthd, WienerFilterd
 from .functional import CLAHE_BINS, clahe, histogram_equalize, wiener_filter
 
 __all__ = [
@@ -10,6 +10,8 @@ __all__ = [
     "CLAHEd",
     "HistogramEqualize",
     "HistogramEqualized",
+    "ScaleByBitDepth",
+    "ScaleByBitDepthd",
     "WienerFilter",
     "WienerFilterd",
     "clahe",

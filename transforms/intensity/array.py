@@ -7,13 +7,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
+from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
 from .functional import CLAHE_BINS, clahe, histogram_equalize, wiener_filter
 
-__all__ = ["HistogramEqualize", "CLAHE", "WienerFilter"]
+__all__ = ["HistogramEqualize", "CLAHE", "WienerFilter", "ScaleByBitDepth"]
 
 
 def _per_channel(img: NdarrayOrTensor, op: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
@@ -102,3 +103,32 @@ class WienerFilter(Transform):
 
     def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
         return _per_channel(img, lambda c: wiener_filter(c, self.window, self.noise))
+
+
+class ScaleByBitDepth(Transform):
+    """Scale to ``[0, 1]`` by the largest value the image's file can hold, ``2 ** bit_depth - 1``.
+
+    ``bit_depth`` comes from ``img.meta["bit_depth"]`` (set by
+    :class:`~breastseg.transforms.io.LoadBreastImage`: 8 or 16 for PNG, ``BitsStored`` for DICOM). Absolute
+    brightness is kept (unlike min-max scaling), and a 16-bit export of an 8-bit picture (values x 257)
+    gives the same intensities as the 8-bit file, where a fixed 0-255 range would saturate it. Values
+    above the range (a Modality LUT can produce them) are clipped.
+
+    Raises:
+        ValueError: the image carries no bit depth (a plain tensor, or a 32-bit/float file); the message
+            names the file.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
+        meta = img.meta if isinstance(img, MetaTensor) else {}
+        bit_depth = meta.get("bit_depth")
+        if not isinstance(bit_depth, int) or not 1 <= bit_depth <= 32:
+            name = meta.get("filename_or_obj") or "the image"
+            raise ValueError(
+                f"{name}: its file states no bit depth to scale by (got {bit_depth!r}); "
+                "convert it to an 8- or 16-bit image"
+            )
+        img_t = convert_to_tensor(img, track_meta=get_track_meta())
+        return torch.clamp(img_t.float() / float(2**bit_depth - 1), 0.0, 1.0)

@@ -8,9 +8,9 @@ from typing import Any
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .array import CLAHE, HistogramEqualize, WienerFilter
+from .array import CLAHE, HistogramEqualize, ScaleByBitDepth, WienerFilter
 
-__all__ = ["HistogramEqualized", "CLAHEd", "WienerFilterd"]
+__all__ = ["HistogramEqualized", "CLAHEd", "WienerFilterd", "ScaleByBitDepthd"]
 
 
 class _Apply(MapTransform):
@@ -69,3 +69,13 @@ class WienerFilterd(_Apply):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = WienerFilter(window, noise)
+
+
+class ScaleByBitDepthd(_Apply):
+    """Dictionary version of :class:`ScaleByBitDepth` (apply to image keys only)."""
+
+    backend = ScaleByBitDepth.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = ScaleByBitDepth()

@@ -19,12 +19,20 @@ from monai.utils import TransformBackends
 
 from .dicom import read_dicom, read_dicom_itk
 from .masks import LABEL_FORMATS, load_lesion_mask
-from .png import read_png
+from .png import read_png_and_depth
 
 __all__ = ["LoadBreastImage", "LoadLesionMask", "PIL_SUFFIXES", "to_metatensor"]
 
-#: file endings read with PIL; everything else is read as DICOM (CBIS/INbreast end ``.dcm``, some DICOM have none)
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+def _pil_suffixes() -> tuple[str, ...]:
+    from PIL import Image
+
+    return tuple(sorted(suffix for suffix, format_id in Image.registered_extensions().items() if format_id in Image.OPEN))
+
+
+#: file endings of the formats PIL reads (PNG, JPEG, BMP, TIFF...); everything else is read as DICOM
+#: (CBIS/INbreast end ``.dcm``, some DICOM have none)
+PIL_SUFFIXES = _pil_suffixes()
 READERS = ("pydicom", "itk")
 
 
@@ -45,7 +53,12 @@ def to_metatensor(array: np.ndarray, spacing: Sequence[float] | None, meta: dict
 
 
 class LoadBreastImage(Transform):
-    """Read a mammogram (DICOM) or an ultrasound/converted image (PNG/JPEG) as ``(1, rows, cols)``.
+    """Read a mammogram (DICOM) or an ultrasound/converted image (PNG, JPEG, BMP... any format PIL reads)
+    as ``(1, rows, cols)``.
+
+    ``meta["bit_depth"]`` is the bits per value the file holds (DICOM ``BitsStored``; 8 or 16 for PIL
+    images, ``None`` for PIL's 32-bit integer and float modes): :class:`~breastseg.transforms.intensity.ScaleByBitDepth`
+    scales by it.
 
     Args:
         reader: ``"pydicom"`` (default) or ``"itk"`` (MONAI ``ITKReader``) for DICOM; both give the
@@ -75,20 +88,20 @@ class LoadBreastImage(Transform):
         ``"dataset default"``."""
         path = os.fspath(path)
         if path.lower().endswith(PIL_SUFFIXES):
-            meta = {"filename_or_obj": path, "modality": None, "spacing_source": None}
-            spacing = None
+            array, bit_depth = read_png_and_depth(path)
+            meta = {"filename_or_obj": path, "modality": None, "spacing_source": None, "bit_depth": bit_depth}
+            return to_metatensor(array, None, meta)
+        if self.reader == "itk":
+            image = read_dicom_itk(path)
         else:
-            if self.reader == "itk":
-                image = read_dicom_itk(path)
-            else:
-                image = read_dicom(path, apply_voi=self.apply_voi, decoding_plugin=self.decoding_plugin)
-            meta = {k: v for k, v in image.meta.items() if k != "spacing"}
-            spacing = image.meta["spacing"]
-            if spacing is None and default_spacing is not None:
-                spacing = tuple(float(v) for v in default_spacing)
-                meta["spacing_source"] = "dataset default"
-            return to_metatensor(image.array, spacing, meta)
-        return to_metatensor(read_png(path), spacing, meta)
+            image = read_dicom(path, apply_voi=self.apply_voi, decoding_plugin=self.decoding_plugin)
+        meta = {k: v for k, v in image.meta.items() if k != "spacing"}
+        meta["bit_depth"] = image.meta.get("bits_stored")
+        spacing = image.meta["spacing"]
+        if spacing is None and default_spacing is not None:
+            spacing = tuple(float(v) for v in default_spacing)
+            meta["spacing_source"] = "dataset default"
+        return to_metatensor(image.array, spacing, meta)
 
 
 class LoadLesionMask(Transform):

@@ -1,7 +1,9 @@
-"""PNG reading for ultrasound images and PNG lesion masks (BUSI, UDIAT, converted CBIS-DDSM).
+"""PNG (and any other format PIL reads) for ultrasound images and lesion masks (BUSI, UDIAT, converted CBIS-DDSM).
 
 Arrays are row-major ``(rows, cols)`` like PIL. Grey content stored as RGB/RGBA is reduced to one
-channel with ITU-R 601 luma (identical to any one channel when R = G = B).
+channel with ITU-R 601 luma (identical to any one channel when R = G = B). The bit depth of the
+returned values comes from the file (8 for 8-bit grey and colour, 16 for 16-bit grey), so a 16-bit
+export of an 8-bit picture can be scaled to the same intensities.
 """
 
 from __future__ import annotations
@@ -10,42 +12,61 @@ import os
 
 import numpy as np
 
-__all__ = ["read_png", "read_png_mask"]
+__all__ = ["read_png", "read_png_and_depth", "read_png_mask", "pil_bit_depth"]
+
+#: bits per value of the grey array read from each PIL mode (colour and 1-bit modes become 8-bit grey);
+#: ``I`` (32-bit integer) and ``F`` (float) state no range, so they have none
+_MODE_BITS = {
+    **dict.fromkeys(("1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr"), 8),
+    **dict.fromkeys(("I;16", "I;16B", "I;16L", "I;16N"), 16),
+}
+
+
+def pil_bit_depth(mode: str) -> int | None:
+    """Bits per value of the grey image read from a file opened by PIL in ``mode``; ``None`` when it has none."""
+    return _MODE_BITS.get(mode)
 
 
 def _open(path: str):
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"PNG file not found: {path}")
+        raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:  # read-only
             img.load()
             return img
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable PNG image ({type(err).__name__}: {err})") from err
+        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
 
 
 def _to_grey(img, path: str) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return np.asarray(img, dtype=np.float32)
-    if mode in ("L", "1", "P", "RGB"):
+    if mode in ("L", "1", "P", "RGB", "CMYK", "YCbCr"):
         return np.asarray(img.convert("L"), dtype=np.float32)
     if mode in ("LA", "RGBA", "PA"):
         return np.asarray(img.convert("RGBA").convert("RGB").convert("L"), dtype=np.float32)
-    raise ValueError(f"{path}: unsupported PNG mode {mode!r}")
+    raise ValueError(f"{path}: unsupported image mode {mode!r}")
 
 
-def read_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG image as float32 ``(rows, cols)``; colour channels collapse to grey, alpha is ignored.
+def read_png_and_depth(path: str | os.PathLike) -> tuple[np.ndarray, int | None]:
+    """Read a PNG (or any image PIL reads) as float32 ``(rows, cols)`` and the bit depth of its values
+    (:func:`pil_bit_depth`); colour channels collapse to grey, alpha is ignored.
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: unreadable/corrupt file or an unsupported mode (the message names the file).
     """
     path = os.fspath(path)
-    return _to_grey(_open(path), path)
+    img = _open(path)
+    return _to_grey(img, path), pil_bit_depth(img.mode)
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG (or any image PIL reads) as float32 ``(rows, cols)``: :func:`read_png_and_depth` without the depth."""
+    return read_png_and_depth(path)[0]
 
 
 def read_png_mask(path: str | os.PathLike, threshold: float = 127) -> np.ndarray:
