@@ -42,7 +42,7 @@ class TestDatalist(unittest.TestCase):
 
     def test_busi_datalist_counts_keys_and_no_leak(self):
         datalist = build_datalist("busi", self.busi, folds=3, seed=0, val_fraction=0.2, test_fraction=0.2)
-        self.assertEqual(set(datalist), {"dataset", "root", "seed", "split", *SPLITS, "quarantine", "duplicates", "summary"})
+        self.assertEqual(set(datalist), {"dataset", "root", "seed", "split", *SPLITS, "quarantine", "duplicates", "ignored", "summary"})
         self.assertEqual(datalist["split"]["method"], "grouped-random")
         self.assertEqual(datalist["split"]["folds"], 3)
         # 20 images: benign 12 (benign (12) repeats benign (2)), malignant 5, normal 3 -> 19 after dedup
@@ -145,6 +145,19 @@ class TestDatalist(unittest.TestCase):
         lenient = run_cli("datalist", "--dataset", "busi", "--root", str(broken), "--out", str(out))
         self.assertEqual(lenient.returncode, 0, lenient.stderr)
         self.assertEqual([q["case_id"] for q in load_datalist(out)["quarantine"]], ["malignant (4)"])
+
+    def test_cli_lists_ignored_files_without_failing_strict(self):
+        tidy = self.tmp / "tidy"
+        shutil.copytree(self.busi, tidy)
+        stray = tidy / "Dataset_BUSI_with_GT" / "normal" / "Thumbs.db"
+        stray.write_bytes(b"\0")
+        out = self.tmp / "tidy.json"
+        done = run_cli("datalist", "--dataset", "busi", "--root", str(tidy), "--out", str(out), "--strict")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("ignored (not images): 1", done.stdout)
+        self.assertIn(f"{stray}: not an image format PIL reads (.db)", done.stdout)
+        written = load_datalist(out)
+        self.assertEqual((written["summary"]["ignored"], written["ignored"][0]["path"]), (1, str(stray)))
 
     def test_format_summary_lists_splits_and_quarantine(self):
         datalist = build_datalist("udiat", self.udiat, folds=2, seed=0)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from breastseg.transforms import LoadBreastImage
 from breastseg.workflows.data.indexers import index_dataset
 from breastseg.workflows.data.indexers.busi import mask_base_stem
 from breastseg.workflows.data.synthetic import generate
@@ -127,8 +128,55 @@ class TestIndexBusi(unittest.TestCase):
         result = index_dataset("busi", base)
         by_path = {Path(q["path"]).name: q["reason"] for q in result.quarantine}
         self.assertEqual(set(by_path), {"malignant (3).png", "benign (4)_mask_2.png"})
-        self.assertTrue(by_path["malignant (3).png"].startswith("unreadable PNG"))
-        self.assertTrue(by_path["benign (4)_mask_2.png"].startswith("unreadable mask PNG"))
+        self.assertTrue(by_path["malignant (3).png"].startswith("unreadable image"))
+        self.assertTrue(by_path["benign (4)_mask_2.png"].startswith("unreadable mask"))
+
+    def test_every_file_of_a_class_folder_is_indexed_quarantined_or_ignored(self):
+        base = self.faulty_copy()
+        benign = base / "benign"
+        picture = Image.open(benign / "benign (1).png")
+        picture.convert("RGB").save(benign / "benign (98).jpg")  # no mask
+        mirror = Image.Transpose.FLIP_LEFT_RIGHT  # another picture, not an exact duplicate of benign (1)
+        picture.transpose(mirror).save(benign / "benign (99).bmp")
+        Image.open(benign / "benign (1)_mask.png").transpose(mirror).save(benign / "benign (99)_mask.png")
+        picture.save(benign / "benign (97).tif")
+        shutil.copy(benign / "benign (1).png", benign / "benign (97).png")  # two images, one stem
+        shutil.copy(benign / "benign (1)_mask.png", benign / "benign (97)_mask.png")
+        (benign / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (benign / "notes.txt").write_text("axilla images removed\n")
+        (benign / "extra").mkdir()
+        result = index_dataset("busi", base)
+
+        records = {r["case_id"]: r for r in result.records}
+        self.assertEqual(Path(records["benign (99)"]["image"]).name, "benign (99).bmp")
+        self.assertEqual([Path(p).name for p in records["benign (99)"]["label"]], ["benign (99)_mask.png"])
+        quarantined = {Path(q["path"]).name: q["reason"] for q in result.quarantine}
+        self.assertIn("no mask file", quarantined["benign (98).jpg"])
+        for name in ("benign (97).png", "benign (97).tif", "benign (97)_mask.png"):
+            self.assertIn("several image files share the stem 'benign (97)'", quarantined[name])
+        ignored = {Path(entry["path"]).name: entry["reason"] for entry in result.ignored}
+        self.assertEqual(set(ignored), {".DS_Store", "notes.txt", "extra"})
+        self.assertIn("not an image format", ignored["notes.txt"])
+        self.assertIn("not searched", ignored["extra"])
+        # every file of a class folder is accounted for (a duplicate's masks go with its image)
+        listed = {Path(r["image"]).name for r in result.records}
+        listed |= {Path(mask).name for r in result.records for mask in r["label"]}
+        listed |= {Path(entry["path"]).name for entry in result.quarantine + result.ignored + result.duplicates}
+        listed |= {f"{entry['case_id']}_mask.png" for entry in result.duplicates}
+        on_disk = {path.name for folder in ("benign", "malignant", "normal") for path in (base / folder).iterdir()}
+        self.assertEqual(on_disk - listed, set())
+        # the image formats PIL reads are read as images, not as DICOM
+        bmp = LoadBreastImage()(records["benign (99)"]["image"])
+        np.testing.assert_array_equal(bmp[0].numpy(), LoadBreastImage()(records["benign (1)"]["image"])[0].numpy()[:, ::-1])
+
+    def test_a_16_bit_image_is_flagged(self):
+        base = self.faulty_copy()
+        image = base / "benign" / "benign (3).png"
+        picture = np.asarray(Image.open(image).convert("L")).astype(np.uint16) * 257
+        Image.fromarray(picture).save(image)
+        records = {r["case_id"]: r for r in index_dataset("busi", base).records}
+        self.assertIn("image-16-bit", records["benign (3)"]["flags"])
+        self.assertNotIn("image-16-bit", records["benign (2)"]["flags"])
 
     def test_mask_stem_rule_and_natural_mask_order(self):
         self.assertEqual(mask_base_stem("benign (4)_mask_1"), "benign (4)")

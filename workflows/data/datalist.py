@@ -1,8 +1,9 @@
 """Build, write, read back and summarise the datalist JSON that every bundle trains from.
 
 The JSON keeps MONAI ``load_decathlon_datalist`` keys (``training``, ``validation``, ``test``) and adds
-``dataset``, ``root``, ``seed``, ``split`` (how it was made), ``quarantine``, ``duplicates`` and
-``summary``. With ``folds`` K > 1 every non-test record also carries ``fold`` 0..K-1 (whole patients per
+``dataset``, ``root``, ``seed``, ``split`` (how it was made), ``quarantine``, ``duplicates``, ``ignored``
+(files in the image folders that are no image, e.g. ``.DS_Store``) and ``summary``. With ``folds`` K > 1
+every non-test record also carries ``fold`` 0..K-1 (whole patients per
 fold); ``training``/``validation`` still hold the fold-less split, and :func:`fold_split` gives a fold's.
 """
 
@@ -101,6 +102,7 @@ def build_datalist(
         **splits,
         "quarantine": list(result.quarantine),
         "duplicates": list(result.duplicates),
+        "ignored": list(result.ignored),
     }
     if official_split:
         datalist["split"]["official_rule"] = OFFICIAL_SPLIT_RULE
@@ -128,6 +130,7 @@ def _summarise(datalist: dict[str, Any]) -> dict[str, Any]:
                                                for r in datalist[name]).items()))
     summary["duplicates"] = len(datalist["duplicates"])
     summary["quarantined"] = len(datalist["quarantine"])
+    summary["ignored"] = len(datalist.get("ignored", []))
     return summary
 
 
@@ -221,7 +224,7 @@ def fold_split(datalist: dict[str, Any], fold: int) -> tuple[list[dict[str, Any]
 
 
 def format_summary(datalist: dict[str, Any]) -> str:
-    """Human-readable summary: counts per split (and fold), duplicates and quarantined files with reasons."""
+    """Human-readable summary: counts per split (and fold), duplicates, quarantined and ignored files with reasons."""
     split = datalist["split"]
     summary = datalist.get("summary") or _summarise(datalist)
     lines = [
@@ -244,4 +247,7 @@ def format_summary(datalist: dict[str, Any]) -> str:
     lines += [f"  {entry['path']}: {entry['reason']}" for entry in datalist["duplicates"]]
     lines.append(f"quarantined: {len(datalist['quarantine'])}")
     lines += [f"  {entry['path']}: {entry['reason']}" for entry in datalist["quarantine"]]
+    ignored = datalist.get("ignored", [])  # absent from datalists written before it existed
+    lines.append(f"ignored (not images): {len(ignored)}")
+    lines += [f"  {entry['path']}: {entry['reason']}" for entry in ignored]
     return "\n".join(lines)

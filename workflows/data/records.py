@@ -31,7 +31,9 @@ Indexers may add dataset-specific keys (``official_split``, ``abnormality``, ``m
 Missing values are ``None`` (JSON ``null``), never an empty string or ``"NA"``.
 
 A *quarantine entry* is ``{"case_id": ..., "path": <the file at fault>, "reason": <why>}``: every
-record an indexer cannot use is listed, never dropped silently.
+record an indexer cannot use is listed, never dropped silently. An *ignored entry* ``{"path", "reason"}``
+lists a file or folder inside a dataset's image folders that is no image at all (``.DS_Store``, notes,
+sub-folders), so that every file there is indexed, quarantined or ignored by name.
 """
 
 from __future__ import annotations
@@ -59,11 +61,15 @@ def quarantine_entry(case_id: str, path: str, reason: str) -> dict[str, str]:
 
 @dataclass
 class IndexResult:
-    """What an indexer returns: usable records, quarantined ones, and exact duplicates removed."""
+    """What an indexer returns: usable records, quarantined ones, exact duplicates removed, and files ignored."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[dict[str, str]] = field(default_factory=list)
     duplicates: list[dict[str, str]] = field(default_factory=list)
+    ignored: list[dict[str, str]] = field(default_factory=list)
 
     def quarantine_record(self, case_id: str, path: str, reason: str) -> None:
         self.quarantine.append(quarantine_entry(case_id, path, reason))
+
+    def ignore(self, path: str, reason: str) -> None:
+        self.ignored.append({"path": str(path), "reason": reason})

@@ -1,13 +1,19 @@
 """Index BUSI (``Dataset_BUSI_with_GT/{benign,malignant,normal}/``) into datalist records.
 
-One record per image ``<class> (<n>).png``; its ``label`` lists every mask of the image
-(``_mask.png``, ``_mask_1.png``, ...) in natural order, to be OR-merged at load time. The mask's base
-stem is ``re.sub(r"_mask.*$", "", stem)``, so extra lesion masks are never missed.
+One record per image ``<class> (<n>).png`` (or any other format PIL reads: ``.jpg``, ``.bmp``, ``.tif``...);
+its ``label`` lists every mask of the image (``_mask.png``, ``_mask_1.png``, ...) in natural order, to be
+OR-merged at load time. The mask's base stem is ``re.sub(r"_mask.*$", "", stem)``, so extra lesion masks
+are never missed.
 
-Quarantined (listed, never dropped silently): an image without any mask, a mask without its image, an
-unreadable PNG, a mask whose size differs from its image, and a benign/malignant image whose masks are all
-empty. Exact duplicate images (identical decoded pixels) keep the first in natural order; the others are
-listed in ``duplicates``. BUSI has no patient ids: ``patient_id`` is the image's case id.
+Every entry of a class folder is indexed, quarantined or ignored, by name. Quarantined (listed, never
+dropped silently): an image without any mask, a mask without its image, two image files with one stem
+(``benign (5).png`` and ``benign (5).jpg``: the masks could belong to either), an unreadable image or
+mask, an image whose mode states no bit depth (32-bit integer or float), a mask whose size differs from
+its image, and a benign/malignant image whose masks are all empty. Ignored (listed in ``ignored``): files
+in no format PIL reads (``.DS_Store``, notes) and sub-folders, which are not searched. A 16-bit image is
+kept with the flag ``image-16-bit`` (the readers scale it by its bit depth). Exact duplicate images
+(identical decoded pixels) keep the first in natural order; the others are listed in ``duplicates``.
+BUSI has no patient ids: ``patient_id`` is the image's case id.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from breastseg.transforms.io import PIL_SUFFIXES
+from breastseg.transforms.io.png import pil_bit_depth
 from breastseg.workflows.data.records import IndexResult
 from breastseg.workflows.data.splits import natural_key, remove_exact_duplicates
 
@@ -54,12 +62,15 @@ def _mask_order(path: Path) -> tuple:
     return (int(match.group(1)) if match and match.group(1) else 0, natural_key(path.name))
 
 
-def _png_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the PNG header, after checking chunk integrity without keeping pixels."""
+#: what PIL raises for a file it cannot read (a decompression bomb is not an OSError)
+_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _inspect_image(path: Path) -> tuple[tuple[int, int], str]:
+    """``(size, mode)``; decoding the pixels proves the file is complete whatever its format."""
     with Image.open(path) as image:
-        size = image.size
-        image.verify()
-    return size
+        image.load()
+        return image.size, image.mode
 
 
 def _inspect_mask(path: Path) -> tuple[tuple[int, int], str, bool]:
@@ -77,17 +88,25 @@ def _index_image(
         result.quarantine_record(case_id, str(image), "no mask file (expected '<stem>_mask.png')")
         return None
     try:
-        width, height = _png_size(image)
-    except (OSError, SyntaxError) as error:
-        result.quarantine_record(case_id, str(image), f"unreadable PNG: {error}")
+        (width, height), image_mode = _inspect_image(image)
+    except _UNREADABLE as error:
+        result.quarantine_record(case_id, str(image), f"unreadable image: {error}")
+        return None
+    bit_depth = pil_bit_depth(image_mode)
+    if bit_depth is None:
+        result.quarantine_record(
+            case_id, str(image), f"image mode {image_mode} (32-bit integer or float) states no bit depth to scale "
+            "by; convert it to an 8- or 16-bit image"
+        )
         return None
     lesion_masks = 0
     flags = ["normal"] if pathology == "normal" else []
+    flags += ["image-16-bit"] if bit_depth == 16 else []
     for mask in masks:
         try:
             mask_size, mode, has_lesion = _inspect_mask(mask)
-        except (OSError, SyntaxError) as error:
-            result.quarantine_record(case_id, str(mask), f"unreadable mask PNG: {error}")
+        except _UNREADABLE as error:
+            result.quarantine_record(case_id, str(mask), f"unreadable mask: {error}")
             return None
         if mask_size != (width, height):
             result.quarantine_record(
@@ -121,6 +140,24 @@ def _index_image(
     }
 
 
+def _scan_class_folder(folder: Path, result: IndexResult) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Image files by stem and mask files by their image's stem; every other entry is listed as ignored."""
+    images: dict[str, list[Path]] = defaultdict(list)
+    masks: dict[str, list[Path]] = defaultdict(list)
+    for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
+        if path.is_dir():
+            result.ignore(str(path), "sub-folder of a class folder; not searched")
+        elif not path.is_file():
+            result.ignore(str(path), "not a regular file")
+        elif path.suffix.lower() not in PIL_SUFFIXES:
+            result.ignore(str(path), f"not an image format PIL reads ({path.suffix or 'no file ending'})")
+        elif "_mask" in path.stem:
+            masks[mask_base_stem(path.stem)].append(path)
+        else:
+            images[path.stem].append(path)
+    return images, masks
+
+
 def index(root: Path, deduplicate: bool = True) -> IndexResult:
     """Index a BUSI download.
 
@@ -135,21 +172,18 @@ def index(root: Path, deduplicate: bool = True) -> IndexResult:
         folder = base / pathology
         if not folder.is_dir():
             continue
-        images: list[Path] = []
-        masks: dict[str, list[Path]] = defaultdict(list)
-        for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-            if not path.is_file() or path.suffix.lower() != ".png":
-                continue
-            if "_mask" in path.stem:
-                masks[mask_base_stem(path.stem)].append(path)
-            else:
-                images.append(path)
-        image_stems = {image.stem for image in images}
-        for stem in sorted(set(masks) - image_stems, key=natural_key):
+        images, masks = _scan_class_folder(folder, result)
+        for stem in sorted(set(masks) - set(images), key=natural_key):
             for mask in masks[stem]:
                 result.quarantine_record(stem, str(mask), "mask without an image")
-        for image in images:
-            record = _index_image(pathology, image, sorted(masks.get(image.stem, []), key=_mask_order), result)
+        for stem, same_stem in images.items():
+            if len(same_stem) > 1:
+                names = ", ".join(path.name for path in same_stem)
+                reason = f"several image files share the stem {stem!r} ({names}); cannot tell which one the masks belong to"
+                for path in same_stem + masks.get(stem, []):
+                    result.quarantine_record(stem, str(path), reason)
+                continue
+            record = _index_image(pathology, same_stem[0], sorted(masks.get(stem, []), key=_mask_order), result)
             if record is not None:
                 records.append(record)
     if deduplicate:
