@@ -17,6 +17,11 @@ from collections import Counter
 from pathlib import Path
 
 import pydicom
+from pydicom.pixels import get_decoder
+from pydicom.uid import RLELossless
+
+from breastseg.transforms import MissingDecoderError, read_dicom
+from breastseg.workflows.data.datalist import build_datalist
 
 from breastseg.transforms.io.inbreast_xml import rasterize_inbreast_rois, read_inbreast_rois
 from breastseg.workflows.data.indexers import index_dataset
@@ -38,6 +43,62 @@ class InbreastFixture(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         shutil.rmtree(cls.tmp)
+
+
+def without_decoder_plugin(test: unittest.TestCase, transfer_syntax: str, label: str) -> None:
+    """Take ``label`` out of pydicom's decoder of ``transfer_syntax`` until ``test`` ends, as on a machine
+    where it is not installed (pydicom 3 decodes RLE itself, so no other machine lacks an RLE decoder)."""
+    decoder = get_decoder(transfer_syntax)
+    function = decoder._available.get(label)
+    if function is None:
+        test.skipTest(f"pydicom has no {label!r} plugin for {transfer_syntax} here")
+    decoder.remove_plugin(label)
+    test.addCleanup(decoder.add_plugin, label, (function.__module__, function.__name__))
+
+
+class TestUndecodableDicom(InbreastFixture):
+    def copy_release(self) -> Path:
+        target = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, target)
+        shutil.copytree(self.root, target / "inbreast")
+        return target / "inbreast"
+
+    def normal_image(self, root: Path) -> Path:
+        normal = next(r for r in index_dataset("inbreast", root).records if r["label"] is None)
+        return Path(normal["image"])
+
+    def test_rle_image_without_its_decoder_is_quarantined_before_any_split(self):
+        root = self.copy_release()
+        image = self.normal_image(root)
+        ds = pydicom.dcmread(image)
+        ds.compress(RLELossless)  # pydicom's own RLE encoder
+        ds.save_as(image, enforce_file_format=True)
+        without_decoder_plugin(self, RLELossless, "pydicom")
+        with self.assertRaises(MissingDecoderError):  # what stopped training at epoch 0
+            read_dicom(image)
+        datalist = build_datalist("inbreast", root, seed=0, val_fraction=0.25, test_fraction=0.25)
+        in_splits = [r["image"] for name in ("training", "validation", "test") for r in datalist[name]]
+        self.assertNotIn(str(image), in_splits)
+        self.assertEqual(len(in_splits), 13)
+        [entry] = datalist["quarantine"]
+        self.assertEqual(entry["path"], str(image))
+        self.assertIn(f"transfer syntax {RLELossless} (RLE Lossless)", entry["reason"])
+        self.assertIn("pip install pylibjpeg pylibjpeg-rle", entry["reason"])
+
+    def test_jpeg_ls_image_without_any_installed_decoder_is_quarantined(self):
+        from pydicom.data import get_testdata_file
+
+        source = get_testdata_file("JPEGLSNearLossless_16.dcm")
+        if get_decoder(pydicom.dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID).is_available:
+            self.skipTest("a JPEG-LS decoder is installed in this environment")
+        root = self.copy_release()
+        image = self.normal_image(root)
+        shutil.copyfile(source, image)
+        result = index_dataset("inbreast", root)
+        self.assertNotIn(str(image), [r["image"] for r in result.records])
+        [entry] = result.quarantine
+        self.assertEqual(entry["path"], str(image))
+        self.assertRegex(entry["reason"], r"no installed decoder for transfer syntax 1\.2\.840\.10008\.1\.2\.4\.81 .*pyjpegls")
 
 
 class TestInbreastIndex(InbreastFixture):

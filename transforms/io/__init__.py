@@ -1,7 +1,16 @@
 """Readers: DICOM (pydicom or ITK, one convention), PNG, and lesion masks from datalist records."""
 
 from .array import PIL_SUFFIXES, LoadBreastImage, LoadLesionMask, to_metatensor
-from .dicom import DECODER_PACKAGES, DicomImage, MissingDecoderError, dicom_spacing, read_dicom, read_dicom_header, read_dicom_itk
+from .dicom import (
+    DECODER_PACKAGES,
+    DicomImage,
+    MissingDecoderError,
+    dicom_spacing,
+    missing_decoder,
+    read_dicom,
+    read_dicom_header,
+    read_dicom_itk,
+)
 from .dictionary import LoadBreastImaged, LoadLesionMaskd
 from .masks import LABEL_FORMATS, load_lesion_mask
 from .png import read_png, read_png_mask
@@ -18,6 +27,7 @@ __all__ = [
     "PIL_SUFFIXES",
     "dicom_spacing",
     "load_lesion_mask",
+    "missing_decoder",
     "read_dicom",
     "read_dicom_header",
     "read_dicom_itk",

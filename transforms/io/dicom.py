@@ -29,6 +29,7 @@ __all__ = [
     "read_dicom_header",
     "dicom_spacing",
     "DECODER_PACKAGES",
+    "missing_decoder",
 ]
 
 #: pip packages that decode each compressed transfer syntax (pydicom needs one of them installed).
@@ -47,8 +48,28 @@ DECODER_PACKAGES: dict[str, str] = {
     "1.2.840.10008.1.2.5": "pylibjpeg pylibjpeg-rle",
 }
 
+
 class MissingDecoderError(RuntimeError):
     """The file's transfer syntax needs a decoder package that is not installed."""
+
+
+def missing_decoder(transfer_syntax: str) -> str | None:
+    """Why no installed pydicom decoder can read pixel data in ``transfer_syntax``; ``None`` when one can.
+
+    Asks pydicom's decoder registry, so it costs no decoding (the indexers check every file this way).
+    """
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    uid = UID(str(transfer_syntax))
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"transfer syntax {uid} ({uid.name}) has no pixel data decoder in pydicom"
+    if decoder.is_available:
+        return None
+    packages = DECODER_PACKAGES.get(str(uid), "a pydicom pixel-data plugin (pylibjpeg, python-gdcm)")
+    return f"no installed decoder for transfer syntax {uid} ({uid.name}); install: pip install {packages}"
 
 
 class DicomImage:

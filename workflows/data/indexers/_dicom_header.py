@@ -1,4 +1,5 @@
-"""Header-only DICOM reading for the mammography indexers (pixel data are never decoded here)."""
+"""Header-only DICOM reading for the mammography indexers (pixel data are never decoded here, but a file
+whose transfer syntax no installed decoder reads is refused, so it is quarantined before any split)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+
+from breastseg.transforms.io.dicom import missing_decoder
 
 __all__ = ["DicomHeader", "read_header", "read_mask_pixels"]
 
@@ -42,13 +45,13 @@ def _spacing(ds: pydicom.Dataset) -> list[float] | None:
 
 
 def read_header(path: Path) -> DicomHeader:
-    """Read one file's header and check that its pixel data are all there.
+    """Read one file's header and check that its pixel data are all there and can be decoded here.
 
     Spacing is ``PixelSpacing``, else ``ImagerPixelSpacing``, else ``None``.
 
     Raises:
-        ValueError: the file is not DICOM, has no Rows/Columns or pixel data, or is truncated
-            (the message names the file).
+        ValueError: the file is not DICOM, has no Rows/Columns or pixel data, is truncated, or its transfer
+            syntax has no installed decoder (the message names the file, and the package to install).
     """
     try:
         # large values (pixel data) are deferred: their length and offset are read, their bytes are not
@@ -60,6 +63,10 @@ def read_header(path: Path) -> DicomHeader:
     element = ds.get_item("PixelData", keep_deferred=True)
     if element is None:
         raise ValueError(f"{path}: DICOM file has no pixel data")
+    transfer_syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    reason = missing_decoder(transfer_syntax) if transfer_syntax else None
+    if reason:
+        raise ValueError(f"{path}: {reason}")
     length = getattr(element, "length", None)
     offset = getattr(element, "value_tell", None)
     if length is not None and offset is not None and length != _UNDEFINED_LENGTH:
