@@ -7,6 +7,7 @@ views of P_00008 and P_00029 have two), P_00022 MLO has a mask of another size (
 
 from __future__ import annotations
 
+import csv
 import shutil
 import tempfile
 import unittest
@@ -211,6 +212,40 @@ class TestBadInput(CbisFixture):
         entries = [e for e in index_dataset("cbis-ddsm", self.copy).quarantine if e["path"] == str(csv_path)]
         self.assertEqual(len(entries), 1)
         self.assertRegex(entries[0]["reason"], r"row 2: image view 'XCC'")
+
+    def edit_csv_row(self, name: str, case_id: str, abnormality_id: str, column: str, value: str) -> Path:
+        """Set one cell of the row of ``case_id``'s abnormality ``abnormality_id``, keeping the CSV's bytes otherwise."""
+        csv_path = self.copy / name
+        with csv_path.open(newline="") as stream:
+            rows = list(csv.reader(stream))
+        header = rows[0]
+        [row] = [row for row in rows[1:] if row[header.index("image file path")].startswith(case_id + "/")
+                 and row[header.index("abnormality id")] == abnormality_id]
+        row[header.index(column)] = value
+        with csv_path.open("w", newline="") as stream:
+            csv.writer(stream, lineterminator="\r\n").writerows(rows)
+        return csv_path
+
+    def test_an_image_with_a_lesion_row_without_mask_is_quarantined_whole(self):
+        # two masses; the second row's ROI path is blank: one lesion alone would teach the other as background
+        case = "Mass-Training_P_00008_RIGHT_CC"
+        self.assertEqual(self.records[case]["lesion_count"], 2)
+        csv_path = self.edit_csv_row("mass_case_description_train_set.csv", case, "2", "ROI mask file path", "")
+        result = index_dataset("cbis-ddsm", self.copy)
+        self.assertNotIn(case, list(by_case(result)))
+        [entry] = [e for e in result.quarantine if e["case_id"] == case]
+        self.assertEqual(entry["path"], str(csv_path))
+        self.assertRegex(entry["reason"], r"row \d+: roi mask file path is empty")
+        self.assertIn(f"image {case} quarantined whole", entry["reason"])
+        self.assertEqual(len(result.records), len(self.records) - 1)
+
+    def test_a_row_without_image_path_quarantines_its_film_by_patient_side_and_view(self):
+        case = "Mass-Training_P_00008_RIGHT_CC"
+        self.edit_csv_row("mass_case_description_train_set.csv", case, "1", "image file path", "")
+        result = index_dataset("cbis-ddsm", self.copy)
+        self.assertNotIn(case, list(by_case(result)))
+        [entry] = [e for e in result.quarantine if e["case_id"] == case]
+        self.assertIn("image file path is empty", entry["reason"])
 
     def test_csv_without_expected_columns(self):
         csv_path = self.copy / "mass_case_description_train_set.csv"

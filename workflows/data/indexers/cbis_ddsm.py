@@ -13,7 +13,11 @@ Rules (``shared/notes/datasets.md`` (beside the repository) section 1):
   has the image's size; else the crop column when *it* has the image's size (flag ``mask-crop-swapped``);
   else the row has no usable mask and the image is quarantined (masks are never resized).
 * All rows of one image are OR-ed: ``label`` is the list of the validated mask paths. One bad row
-  quarantines its whole image, since a missing lesion would be taught as background.
+  quarantines its whole image, since a missing lesion would be taught as background: a row whose mask
+  cannot be had (not found, another size, empty), and also a CSV row that fails validation (a blank ROI
+  path...), whose film is named by its image path or, when that is blank, by table, split, patient,
+  side and view. Whole-image quarantine was chosen over masking the lesion out of the loss: the lesion's
+  extent is unknown without its mask, so no region could be masked out safely.
 * ``abnormality="both"`` indexes both tables; a film listed as a ``Mass-`` and a ``Calc-`` series
   (same patient, side and view) keeps the ``Mass-`` record, adds the ``Calc-`` masks to it when the
   two images have the same size, and lists the ``Calc-`` image in ``IndexResult.duplicates``.
@@ -112,7 +116,20 @@ def _validate_row(cells: dict[str, str | None]) -> dict[str, Any]:
     return values
 
 
-def _read_csv(path: Path, table: str, split: str, result: IndexResult) -> list[_Row]:
+def _film_of_cells(cells: dict[str, str | None], table: str, split: str) -> str | None:
+    """The case id (subject folder) a CSV row belongs to, even when the row itself is invalid."""
+    image_path = cells.get("image file path")
+    if image_path:
+        return image_path.replace("\\", "/").split("/")[0]
+    patient, side, view = cells.get("patient id"), cells.get("left or right breast"), cells.get("image view")
+    if not (patient and side and view):
+        return None
+    return f"{'Mass' if table == 'mass' else 'Calc'}-{'Training' if split == 'train' else 'Test'}_{patient}_{side}_{view}"
+
+
+def _read_csv(path: Path, table: str, split: str, result: IndexResult, bad_films: dict[str, str]) -> list[_Row]:
+    """The valid rows; an invalid row is quarantined and, when its film is known, recorded in ``bad_films``
+    (case id -> reason) so that the film's other rows are not used alone."""
     with path.open(newline="", encoding="utf-8-sig") as stream:
         table_rows = list(csv.reader(stream))
     if not table_rows:
@@ -133,7 +150,16 @@ def _read_csv(path: Path, table: str, split: str, result: IndexResult) -> list[_
         try:
             values = _validate_row(stripped)
         except ValueError as error:
-            result.quarantine_record(f"{path.name}:{line}", str(path), f"row {line}: {error}")
+            film = _film_of_cells(stripped, table, split)
+            if film is None:
+                result.quarantine_record(f"{path.name}:{line}", str(path), f"row {line}: {error}")
+                continue
+            reason = (
+                f"row {line}: {error}; image {film} quarantined whole (abnormality "
+                f"{stripped.get('abnormality id') or '?'} has no usable row: its lesion would be taught as background)"
+            )
+            result.quarantine_record(film, str(path), reason)
+            bad_films.setdefault(film, reason)
             continue
         rows.append(_Row(table, split, path, line, values))
     return rows
@@ -356,13 +382,15 @@ def index(root: Path, abnormality: str = "mass", check_mask_content: bool = True
     tables = ("mass", "calc") if abnormality == "both" else (abnormality,)
     result = IndexResult()
     rows: list[_Row] = []
+    bad_films: dict[str, str] = {}
     for (table, split), path in _find_csvs(root, tables).items():
-        rows.extend(_read_csv(path, table, split, result))
+        rows.extend(_read_csv(path, table, split, result, bad_films))
     disk = _DiskIndex(root)
 
     by_image: dict[tuple[str, str], list[_Row]] = defaultdict(list)
     for row in rows:
-        by_image[(row.table, row.values["image file path"])].append(row)
+        if row.case_id not in bad_films:  # already quarantined whole, with the CSV row named
+            by_image[(row.table, row.values["image file path"])].append(row)
     records = []
     for image_rows in by_image.values():
         record = _image_record(image_rows, disk, check_mask_content, result)
