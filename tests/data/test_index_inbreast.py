@@ -101,6 +101,35 @@ class TestUndecodableDicom(InbreastFixture):
         self.assertRegex(entry["reason"], r"no installed decoder for transfer syntax 1\.2\.840\.10008\.1\.2\.4\.81 .*pyjpegls")
 
 
+class TestFindingWithoutAnnotation(InbreastFixture):
+    def test_birads_3_or_more_without_xml_is_quarantined_not_kept_as_normal(self):
+        root = Path(tempfile.mkdtemp()) / "inbreast"
+        self.addCleanup(shutil.rmtree, root.parent)
+        shutil.copytree(self.root, root)
+        release = root / "INbreast Release 1.0"
+        records = index_dataset("inbreast", root).records
+        # a BI-RADS 5 mass image whose XML went missing
+        mass = next(r for r in records if r["birads"] == "5" and r["lesion_count"] > 0)
+        Path(mass["label"]).unlink()
+        # a normal image whose table row says BI-RADS 3 (probably benign: a finding all the same)
+        normal = next(r for r in records if r["label"] is None and r["birads"] == "1")
+        table = release / "INbreast.csv"
+        text = table.read_bytes()
+        row = next(line for line in text.split(b"\r\n") if f";{normal['case_id']};".encode() in line)
+        table.write_bytes(text.replace(row, row[: row.rindex(b";") + 1] + b"3"))
+
+        result = index_dataset("inbreast", root)
+        kept = {r["case_id"]: r for r in result.records}
+        quarantined = {q["case_id"]: q for q in result.quarantine}
+        for record, birads in ((mass, "5"), (normal, "3")):
+            self.assertNotIn(record["case_id"], list(kept))
+            entry = quarantined[record["case_id"]]
+            self.assertEqual(entry["path"], record["image"])
+            self.assertIn(f"BI-RADS {birads} reports a finding but there is no annotation {record['case_id']}.xml", entry["reason"])
+        self.assertEqual(len(kept), len(records) - 2)
+        self.assertTrue(all(r["birads"] in ("1", "2") for r in kept.values() if r["label"] is None))
+
+
 class TestInbreastIndex(InbreastFixture):
     def test_exact_counts(self):
         result = index_dataset("inbreast", self.root)

@@ -8,14 +8,16 @@ Rules (``shared/notes/datasets.md`` (beside the repository) section 2):
   ACR (a blank or space-only cell is missing) and BI-RADS (a string: ``4a``...). ``INbreast.xls`` is
   never opened: its second sheet holds patient data.
 * ``<FileName>.xml`` anywhere under the release, except folders whose name contains "pectoral", is
-  the image's annotation; an image without XML is normal (``label`` None, flag ``normal``).
+  the image's annotation; an image without XML is normal (``label`` None, flag ``normal``) only when its
+  BI-RADS says there is no finding (1 or 2, or not given).
 * Image size comes from the DICOM header (two plate sizes exist), never from a constant.
 
 Bad input and what happens to it:
 
 * quarantined (the record is unusable): unreadable or truncated DICOM, a file name not in the release
   pattern, an unreadable XML or one whose ``NumberOfPoints`` is wrong, a selected ROI that covers no
-  pixel of the image, an XML or table row without its DICOM, two DICOMs with one ``FileName``;
+  pixel of the image, an XML or table row without its DICOM, two DICOMs with one ``FileName``, an image
+  without XML whose BI-RADS reports a finding (3 or more: its lesion would be taught as background);
 * flagged (the record stays usable, a warning names the file): ``xml-points-outside-image`` (points
   are clipped, as in every public parser), ``unknown-roi-name`` (those ROIs are not drawn),
   ``not-in-table``, ``table-name-mismatch`` (table and file name disagree on side or view; the table wins).
@@ -51,6 +53,8 @@ DICOM_NAME = re.compile(r"^(?P<file>\d{8})_(?P<token>[0-9a-fA-F]{16})_MG_(?P<sid
 TABLE_NAME = "INbreast.csv"
 _TABLE_COLUMNS = ("laterality", "view", "acquisition date", "file name", "acr", "bi-rads")
 _BIRADS = re.compile(r"^[0-6][abc]?$")
+#: the lowest BI-RADS category that reports a finding to follow up (3 probably benign ... 6 known cancer)
+FINDING_BIRADS = 3
 
 
 def _find_release(root: Path) -> Path:
@@ -230,6 +234,12 @@ def _record(
         "acquisition_date": (row or {}).get("acquisition date"),
     }
     if xml is None:
+        if birads is not None and int(birads[0]) >= FINDING_BIRADS:
+            result.quarantine_record(
+                file_name, str(path), f"BI-RADS {birads} reports a finding but there is no annotation {file_name}.xml; "
+                "not trusted as normal (its lesion would be taught as background): add the XML or leave the image out"
+            )
+            return None
         record.update(pathology="normal", flags=sorted(flags + ["normal"]))
         return record
     count, reason = _label_fields(xml, header.shape, kinds, flags)
