@@ -27,6 +27,8 @@ __all__ = [
     "default_dataset_dir",
     "synthetic_inference_dir",
     "prepare_datalist",
+    "SPLIT_KEYS",
+    "split_settings",
     "select_records",
     "case_metadata",
     "check_cli_overrides",
@@ -167,6 +169,28 @@ def _prepare_datalist(
     if datalist.get("quarantine"):
         logger.warning("%d record(s) quarantined: see 'quarantine' in %s", len(datalist["quarantine"]), target)
     return datalist
+
+
+#: the ``train.json`` keys its ``datalist`` passes to :func:`prepare_datalist`: they decide the split
+SPLIT_KEYS = ("dataset", "seed", "folds", "val_fraction", "test_fraction", "official_split")
+
+
+def split_settings(name: str, dataset: str | None = None) -> dict[str, Any]:
+    """The split settings bundle ``name`` trains with: :data:`SPLIT_KEYS` read from its ``configs/train.json``
+    with MONAI's parser, expressions evaluated (``connected_unets`` derives its fractions from ``dataset``),
+    ``dataset`` replacing the bundle's default when given.
+
+    Raises:
+        FileNotFoundError: no bundle ``name``.
+    """
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser.load_config_file(Path(locate_bundle(name)) / "configs" / "train.json")
+    config.pop("imports", None)  # the split keys need none of the training modules
+    parser = ConfigParser(config)
+    if dataset is not None:
+        parser["dataset"] = dataset
+    return {key: parser.get_parsed_content(key) for key in SPLIT_KEYS}
 
 
 def select_records(

@@ -41,14 +41,18 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 def _add_datalist(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("datalist", help="index a dataset folder into a MONAI datalist JSON with splits")
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--bundle", default=None,
+                   help="take the split settings (dataset, seed, folds, fractions, official split) of this bundle's "
+                        "configs/train.json, so the split shown is the one it trains on; options given here win")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="required without --bundle")
     p.add_argument("--root", required=True, help="the dataset folder as downloaded")
     p.add_argument("--out", required=True, help="datalist JSON to write")
-    p.add_argument("--folds", type=int, default=0, help="K > 1 adds a 'fold' to every non-test record")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--test-fraction", type=float, default=0.1)
-    p.add_argument("--official-split", action="store_true", help="CBIS-DDSM: keep the official train/test split")
+    p.add_argument("--folds", type=int, default=None, help="K > 1 adds a 'fold' to every non-test record (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--val-fraction", type=float, default=None, help="default 0.1")
+    p.add_argument("--test-fraction", type=float, default=None, help="default 0.1")
+    p.add_argument("--official-split", action="store_true", default=None,
+                   help="CBIS-DDSM: keep the official train/test split")
     p.add_argument("--abnormality", choices=("mass", "calc", "both"), default=None,
                    help="CBIS-DDSM: which description tables to index (default: mass, as the papers)")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any record is quarantined")
@@ -64,17 +68,38 @@ def index_options(args: argparse.Namespace) -> dict:
     return {"abnormality": args.abnormality}
 
 
+#: ``breastseg datalist`` defaults without ``--bundle``
+_SPLIT_DEFAULTS = {"seed": 0, "folds": 0, "val_fraction": 0.1, "test_fraction": 0.1, "official_split": False}
+
+
+def _split_options(args: argparse.Namespace) -> dict:
+    """The dataset and split settings: those given on the command line, else the bundle's (``--bundle``),
+    else the defaults."""
+    settings = {"dataset": args.dataset, **_SPLIT_DEFAULTS}
+    if args.bundle is not None:
+        from breastseg.workflows.bundle import split_settings
+
+        try:
+            settings = split_settings(args.bundle, args.dataset)
+        except FileNotFoundError as error:
+            raise SystemExit(f"--bundle: {error}") from None
+        print(f"split settings of bundle {args.bundle} (configs/train.json): "
+              + ", ".join(f"{key} {value}" for key, value in settings.items()))
+    elif args.dataset is None:
+        raise SystemExit("breastseg datalist: give --dataset, or --bundle to take the bundle's dataset and split")
+    settings.update({key: getattr(args, key) for key in _SPLIT_DEFAULTS if getattr(args, key) is not None})
+    args.dataset = settings["dataset"]  # index_options checks --abnormality against it
+    return settings
+
+
 def _run_datalist(args: argparse.Namespace) -> int:
     from breastseg.workflows.data.datalist import build_datalist, format_summary, write_datalist
 
+    settings = _split_options(args)
     datalist = build_datalist(
-        args.dataset,
+        settings.pop("dataset"),
         args.root,
-        folds=args.folds,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        official_split=args.official_split,
+        **settings,
         **index_options(args),
     )
     write_datalist(datalist, args.out)

@@ -11,7 +11,9 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
+from monai.bundle import ConfigParser
 
+from breastseg.workflows.bundle import locate_bundle, split_settings
 from breastseg.workflows.data.datalist import build_datalist, fold_split, format_summary, load_datalist, write_datalist
 from breastseg.workflows.data.synthetic import generate
 
@@ -158,6 +160,36 @@ class TestDatalist(unittest.TestCase):
         self.assertIn(f"{stray}: not an image format PIL reads (.db)", done.stdout)
         written = load_datalist(out)
         self.assertEqual((written["summary"]["ignored"], written["ignored"][0]["path"]), (1, str(stray)))
+
+    def test_cli_bundle_gives_the_split_the_bundle_trains_on(self):
+        out = self.tmp / "hybrid.json"
+        done = run_cli("datalist", "--bundle", "hybrid_attention_us", "--root", str(self.busi), "--out", str(out))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("split settings of bundle hybrid_attention_us", done.stdout)
+        written = load_datalist(out)
+        split = written["split"]
+        self.assertEqual((written["dataset"], split["val_fraction"], split["test_fraction"]), ("busi", 0.18, 0.1))
+        # the datalist the bundle's own train.json makes from the same folder: the same images in every split
+        parser = ConfigParser()
+        parser.read_config(Path(locate_bundle("hybrid_attention_us")) / "configs" / "train.json")
+        parser.update({"dataset_dir": str(self.busi), "output_dir": str(self.tmp / "hybrid_run")})
+        trained = parser.get_parsed_content("datalist")
+        for name in SPLITS:
+            self.assertEqual([r["image"] for r in written[name]], [r["image"] for r in trained[name]], name)
+
+        explicit = run_cli("datalist", "--bundle", "hybrid_attention_us", "--root", str(self.busi), "--out", str(out),
+                           "--val-fraction", "0.25")
+        self.assertEqual(explicit.returncode, 0, explicit.stderr)
+        self.assertEqual(load_datalist(out)["split"]["val_fraction"], 0.25)  # an option given on the line wins
+        self.assertEqual(load_datalist(out)["split"]["test_fraction"], 0.1)
+
+    def test_bundle_split_settings_follow_the_dataset(self):
+        self.assertEqual(split_settings("connected_unets"), {"dataset": "cbis-ddsm", "seed": 0, "folds": 0,
+                         "val_fraction": 0.15, "test_fraction": 21 / 107, "official_split": True})
+        inbreast = split_settings("connected_unets", "inbreast")
+        self.assertEqual((inbreast["val_fraction"], inbreast["official_split"]), (17 / 107, False))
+        with self.assertRaisesRegex(FileNotFoundError, "bundle 'no_such_bundle' not found"):
+            split_settings("no_such_bundle")
 
     def test_format_summary_lists_splits_and_quarantine(self):
         datalist = build_datalist("udiat", self.udiat, folds=2, seed=0)
