@@ -153,7 +153,7 @@ class TestIndexBusi(unittest.TestCase):
         quarantined = {Path(q["path"]).name: q["reason"] for q in result.quarantine}
         self.assertIn("no mask file", quarantined["benign (98).jpg"])
         for name in ("benign (97).png", "benign (97).tif", "benign (97)_mask.png"):
-            self.assertIn("several image files share the stem 'benign (97)'", quarantined[name])
+            self.assertIn("several files share the stem 'benign (97)'", quarantined[name])
         ignored = {Path(entry["path"]).name: entry["reason"] for entry in result.ignored}
         self.assertEqual(set(ignored), {".DS_Store", "notes.txt", "extra"})
         self.assertIn("not an image format", ignored["notes.txt"])

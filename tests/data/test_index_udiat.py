@@ -122,6 +122,29 @@ class TestIndexUdiat(unittest.TestCase):
         extra = next(r for r in result.records if r["case_id"] == "000010")
         self.assertEqual((extra["pathology"], extra["flags"]), (None, ["not-in-xlsx"]))
 
+    def test_every_file_is_indexed_quarantined_or_ignored_in_any_pil_format(self):
+        base = self.faulty_copy()
+        picture = Image.open(base / "original" / "000002.png")
+        mirror = Image.Transpose.FLIP_LEFT_RIGHT
+        (base / "original" / "000002.png").unlink()
+        picture.transpose(mirror).save(base / "original" / "000002.bmp")  # BMP image, PNG GT
+        Image.open(base / "GT" / "000002.png").transpose(mirror).save(base / "GT" / "000002.png")
+        Image.open(base / "original" / "000003.png").convert("RGB").save(base / "original" / "000003.jpg")  # two images
+        sixteen = np.asarray(Image.open(base / "original" / "000004.png").convert("L")).astype(np.uint16) * 257
+        Image.fromarray(sixteen).save(base / "original" / "000004.png")
+        (base / "original" / "Thumbs.db").write_bytes(b"\0")
+        (base / "GT" / "old").mkdir()
+        result = index_dataset("udiat", base)
+        records = {r["case_id"]: r for r in result.records}
+        self.assertEqual(Path(records["000002"]["image"]).name, "000002.bmp")
+        self.assertIn("image-16-bit", records["000004"]["flags"])
+        self.assertNotIn("000003", records)
+        quarantined = {Path(q["path"]).relative_to(base).as_posix() for q in result.quarantine if q["case_id"] == "000003"}
+        self.assertEqual(quarantined, {"original/000003.png", "original/000003.jpg", "GT/000003.png"})
+        self.assertTrue(all("several files share the stem '000003'" in q["reason"]
+                            for q in result.quarantine if q["case_id"] == "000003"))
+        self.assertEqual({Path(entry["path"]).name for entry in result.ignored}, {"Thumbs.db", "old"})
+
     def test_bad_sheets_raise_naming_file_and_row(self):
         with TemporaryDirectory() as folder:
             path = Path(folder) / "DatasetB.xlsx"

@@ -26,8 +26,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from breastseg.transforms.io import PIL_SUFFIXES
-from breastseg.transforms.io.png import pil_bit_depth
+from breastseg.workflows.data.indexers._image_files import (
+    UNREADABLE,
+    check_bit_depth,
+    image_files_by_stem,
+    inspect_image,
+    quarantine_shared_stem,
+)
 from breastseg.workflows.data.records import IndexResult
 from breastseg.workflows.data.splits import natural_key, remove_exact_duplicates
 
@@ -62,17 +67,6 @@ def _mask_order(path: Path) -> tuple:
     return (int(match.group(1)) if match and match.group(1) else 0, natural_key(path.name))
 
 
-#: what PIL raises for a file it cannot read (a decompression bomb is not an OSError)
-_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def _inspect_image(path: Path) -> tuple[tuple[int, int], str]:
-    """``(size, mode)``; decoding the pixels proves the file is complete whatever its format."""
-    with Image.open(path) as image:
-        image.load()
-        return image.size, image.mode
-
-
 def _inspect_mask(path: Path) -> tuple[tuple[int, int], str, bool]:
     """``(size, mode, has_lesion)``; decoding the pixels also proves the file is complete."""
     with Image.open(path) as image:
@@ -88,24 +82,20 @@ def _index_image(
         result.quarantine_record(case_id, str(image), "no mask file (expected '<stem>_mask.png')")
         return None
     try:
-        (width, height), image_mode = _inspect_image(image)
-    except _UNREADABLE as error:
+        (width, height), image_mode = inspect_image(image)
+    except UNREADABLE as error:
         result.quarantine_record(case_id, str(image), f"unreadable image: {error}")
         return None
-    bit_depth = pil_bit_depth(image_mode)
-    if bit_depth is None:
-        result.quarantine_record(
-            case_id, str(image), f"image mode {image_mode} (32-bit integer or float) states no bit depth to scale "
-            "by; convert it to an 8- or 16-bit image"
-        )
+    depth_flags, reason = check_bit_depth(image_mode)
+    if reason:
+        result.quarantine_record(case_id, str(image), reason)
         return None
     lesion_masks = 0
-    flags = ["normal"] if pathology == "normal" else []
-    flags += ["image-16-bit"] if bit_depth == 16 else []
+    flags = (["normal"] if pathology == "normal" else []) + depth_flags
     for mask in masks:
         try:
             mask_size, mode, has_lesion = _inspect_mask(mask)
-        except _UNREADABLE as error:
+        except UNREADABLE as error:
             result.quarantine_record(case_id, str(mask), f"unreadable mask: {error}")
             return None
         if mask_size != (width, height):
@@ -142,19 +132,13 @@ def _index_image(
 
 def _scan_class_folder(folder: Path, result: IndexResult) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     """Image files by stem and mask files by their image's stem; every other entry is listed as ignored."""
-    images: dict[str, list[Path]] = defaultdict(list)
+    images: dict[str, list[Path]] = {}
     masks: dict[str, list[Path]] = defaultdict(list)
-    for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-        if path.is_dir():
-            result.ignore(str(path), "sub-folder of a class folder; not searched")
-        elif not path.is_file():
-            result.ignore(str(path), "not a regular file")
-        elif path.suffix.lower() not in PIL_SUFFIXES:
-            result.ignore(str(path), f"not an image format PIL reads ({path.suffix or 'no file ending'})")
-        elif "_mask" in path.stem:
-            masks[mask_base_stem(path.stem)].append(path)
+    for stem, paths in image_files_by_stem(folder, result).items():
+        if "_mask" in stem:
+            masks[mask_base_stem(stem)].extend(paths)
         else:
-            images[path.stem].append(path)
+            images[stem] = paths
     return images, masks
 
 
@@ -178,10 +162,7 @@ def index(root: Path, deduplicate: bool = True) -> IndexResult:
                 result.quarantine_record(stem, str(mask), "mask without an image")
         for stem, same_stem in images.items():
             if len(same_stem) > 1:
-                names = ", ".join(path.name for path in same_stem)
-                reason = f"several image files share the stem {stem!r} ({names}); cannot tell which one the masks belong to"
-                for path in same_stem + masks.get(stem, []):
-                    result.quarantine_record(stem, str(path), reason)
+                quarantine_shared_stem(stem, same_stem, masks.get(stem, []), result)
                 continue
             record = _index_image(pathology, same_stem[0], sorted(masks.get(stem, []), key=_mask_order), result)
             if record is not None:

@@ -5,9 +5,13 @@ the first sheet of ``DatasetB.xlsx`` when it exists (header row; headers strippe
 ``Unnamed`` columns dropped; ``Image`` integer zero-padded to 6 digits; ``Type`` Benign/Malignant; the
 next column is kept as ``diagnosis``). Without the sheet, ``pathology`` is ``None``.
 
-Quarantined: an image without GT, a GT without image, an unreadable PNG, a GT whose size differs from its
-image, an empty GT (nothing above 127), and a sheet row naming an image that is not on disk. Exact
-duplicate images keep the first in natural order. UDIAT has no patient ids: ``patient_id`` is the stem.
+Images and GT may be in any format PIL reads (``.png``, ``.bmp``...). Every entry of ``original/`` and ``GT/``
+is indexed, quarantined or ignored, by name. Quarantined: an image without GT, a GT without image, two image
+files with one stem (``000005.png`` and ``000005.jpg``), an unreadable image or GT, an image whose mode states
+no bit depth (32-bit integer or float), a GT whose size differs from its image, an empty GT (nothing above
+127), and a sheet row naming an image that is not on disk. Ignored (listed in ``ignored``): files in no
+format PIL reads and sub-folders. A 16-bit image is flagged ``image-16-bit``. Exact duplicate images keep
+the first in natural order. UDIAT has no patient ids: ``patient_id`` is the stem.
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from breastseg.workflows.data.indexers._image_files import (
+    UNREADABLE,
+    check_bit_depth,
+    image_files_by_stem,
+    inspect_image,
+    quarantine_shared_stem,
+)
 from breastseg.workflows.data.records import IndexResult, parse_missing
 from breastseg.workflows.data.splits import natural_key, remove_exact_duplicates
 
@@ -84,7 +95,7 @@ def read_labels(xlsx: Path) -> dict[str, dict[str, str | None]]:
     return labels
 
 
-def _inspect_png(path: Path) -> tuple[tuple[int, int], np.ndarray]:
+def _inspect_gt(path: Path) -> tuple[tuple[int, int], np.ndarray]:
     """``(size, grey pixels)``; decoding proves the file is complete."""
     with Image.open(path) as image:
         return image.size, np.asarray(image.convert("L"))
@@ -95,14 +106,18 @@ def _index_image(
 ) -> dict[str, Any] | None:
     case_id = image.stem
     try:
-        (width, height), _ = _inspect_png(image)
-    except OSError as error:
-        result.quarantine_record(case_id, str(image), f"unreadable PNG: {error}")
+        (width, height), mode = inspect_image(image)
+    except UNREADABLE as error:
+        result.quarantine_record(case_id, str(image), f"unreadable image: {error}")
+        return None
+    depth_flags, reason = check_bit_depth(mode)
+    if reason:
+        result.quarantine_record(case_id, str(image), reason)
         return None
     try:
-        gt_size, gt_pixels = _inspect_png(gt)
-    except OSError as error:
-        result.quarantine_record(case_id, str(gt), f"unreadable GT PNG: {error}")
+        gt_size, gt_pixels = _inspect_gt(gt)
+    except UNREADABLE as error:
+        result.quarantine_record(case_id, str(gt), f"unreadable GT: {error}")
         return None
     if gt_size != (width, height):
         result.quarantine_record(
@@ -112,7 +127,7 @@ def _index_image(
     if not (gt_pixels > 127).any():
         result.quarantine_record(case_id, str(gt), "GT mask is empty (no pixel above 127)")
         return None
-    flags = [] if set(np.unique(gt_pixels).tolist()) <= {0, 255} else ["gt-not-binary"]
+    flags = depth_flags + ([] if set(np.unique(gt_pixels).tolist()) <= {0, 255} else ["gt-not-binary"])
     label = (labels or {}).get(case_id, {})
     if labels is not None and not label:
         flags.append("not-in-xlsx")
@@ -151,18 +166,18 @@ def index(root: Path, deduplicate: bool = True) -> IndexResult:
     labels = read_labels(xlsx) if xlsx.is_file() else None
     result = IndexResult()
 
-    def pngs(folder: str) -> dict[str, Path]:
-        return {p.stem: p for p in (base / folder).iterdir() if p.is_file() and p.suffix.lower() == ".png"}
-
-    images, gts = pngs("original"), pngs("GT")
+    images = image_files_by_stem(base / "original", result)
+    gts = image_files_by_stem(base / "GT", result)
     records: list[dict[str, Any]] = []
     for stem in sorted(set(images) | set(gts), key=natural_key):
-        if stem not in gts:
-            result.quarantine_record(stem, str(images[stem]), "image without GT mask (expected GT/<same name>)")
+        if len(images.get(stem, [])) > 1 or len(gts.get(stem, [])) > 1:
+            quarantine_shared_stem(stem, images.get(stem, []), gts.get(stem, []), result)
+        elif stem not in gts:
+            result.quarantine_record(stem, str(images[stem][0]), "image without GT mask (expected GT/<same name>)")
         elif stem not in images:
-            result.quarantine_record(stem, str(gts[stem]), "GT mask without image in original/")
+            result.quarantine_record(stem, str(gts[stem][0]), "GT mask without image in original/")
         else:
-            record = _index_image(images[stem], gts[stem], labels, result)
+            record = _index_image(images[stem][0], gts[stem][0], labels, result)
             if record is not None:
                 records.append(record)
     for stem in sorted(set(labels or {}) - set(images) - set(gts), key=natural_key):
