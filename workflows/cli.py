@@ -144,7 +144,8 @@ def _run_cv(args: argparse.Namespace) -> int:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="Friedman + Nemenyi comparison of methods evaluated on the same test split")
+    p = sub.add_parser("compare", help="compare methods evaluated on one test split: a paired Wilcoxon test for two, "
+                                       "Friedman + Nemenyi and pairwise Wilcoxon (Holm) for more")
     p.add_argument("--cases", action="append", default=[], metavar="NAME=PATH",
                    help="a method's evaluation folder or cases.csv, repeatable (any bundles sharing a split)")
     p.add_argument("--bundle", default=None, help="train and evaluate this bundle once per --networks entry first")
@@ -152,11 +153,45 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, choices=DATASETS)
     p.add_argument("--dataset-dir", default=None, help="real dataset folder (default: the synthetic copy)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override, repeatable")
-    p.add_argument("--metric", default="dice", help="per-case column compared (default dice)")
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--out", required=True, help="folder of the p-value table, summary and critical-difference plot")
+    p.add_argument("--metric", default="dice", help="per-case column compared (default dice; hd* columns: lower is better)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level; intervals are at 1 - alpha")
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the cases (two methods)")
+    p.add_argument("--out", required=True, help="folder of the summary, tables and plots")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or the project's)")
     p.set_defaults(func=_run_compare)
+
+
+def _print_comparison(result: dict, out: str) -> None:
+    metric, names = result["metric"], result["methods"]
+    if result["test"] == "wilcoxon":
+        level = f"{1 - result['alpha']:.0%}"
+        print(f"Wilcoxon signed-rank, {names[0]} vs {names[1]}: W = {result['wilcoxon_statistic']:.4g}, "
+              f"p = {result['wilcoxon_p_value']:.4g} ({result['n']} paired cases)")
+        for name in ("median", "mean"):
+            low, high = result[f"{name}_difference_ci"]
+            print(f"  {name} {metric} difference {names[0]} - {names[1]} = {result[f'{name}_difference']:.4g} "
+                  f"({level} CI {low:.4g} to {high:.4g}; bootstrap, {result['n_resamples']} resamples, seed {result['seed']})")
+        print(f"  better {metric}: {names[0]} on {result['wins'][0]} cases, {names[1]} on {result['wins'][1]}, "
+              f"tied on {result['ties']}")
+    else:
+        print(f"Friedman chi2 = {result['statistic']:.4g}, p = {result['p_value']:.4g} ({result['n']} cases, {result['k']} methods)")
+        print(f"Nemenyi critical difference (alpha {result['alpha']}) = {result['cd']:.3f}")
+        print("Pairwise Wilcoxon signed-rank, Holm-corrected:")
+        for pair in result["pairwise_wilcoxon"]:
+            print(f"  {pair['a']} vs {pair['b']}: median difference {pair['median_difference']:.4g}, "
+                  f"p = {pair['p_value']:.4g}, Holm p = {pair['p_holm']:.4g}")
+    ranks = result.get("mean_ranks", [None] * len(names))
+    for name, rank, mean in zip(names, ranks, result["mean_metric"]):
+        print(f"  {name:<24} " + (f"mean rank {rank:.2f}   " if rank is not None else "") + f"mean {metric} {mean:.4f}")
+    if result["both_empty_scored_best"]:
+        print(f"{result['both_empty_scored_best']} normal image(s) predicted empty by one method and not by another: "
+              f"the empty prediction scored the best {metric}")
+    if result["n_left_out"]:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in result["left_out"].items())
+        print(f"{result['n_left_out']} case(s) left out ({reasons}): listed in {out}/left_out_cases.csv")
+    for name, split in result["splits"].items():
+        print(f"  split of {name}: {split or 'not checked (no datalist.json beside its evaluation)'}")
+    print(f"summary, tables and plots: {out}")
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -173,12 +208,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     for network in networks:
         cases[network] = str(train_and_evaluate_network(args.bundle, network, args.out, args.dataset, args.dataset_dir, overrides))
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    result = compare_methods(cases, args.out, metric=args.metric, alpha=args.alpha, tracking_uri=uri)
-    print(f"Friedman chi2 = {result['statistic']:.4g}, p = {result['p_value']:.4g} ({result['n']} cases, {result['k']} methods)")
-    print(f"Nemenyi critical difference (alpha {args.alpha}) = {result['cd']:.3f}")
-    for name, rank, mean in sorted(zip(result["methods"], result["mean_ranks"], result["mean_metric"]), key=lambda r: r[1]):
-        print(f"  {name:<24} mean rank {rank:.2f}   mean {args.metric} {mean:.4f}")
-    print(f"p-values, summary and plot: {args.out}")
+    try:
+        result = compare_methods(cases, args.out, metric=args.metric, alpha=args.alpha, tracking_uri=uri,
+                                 n_resamples=args.resamples)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"breastseg compare: {error}") from None
+    _print_comparison(result, args.out)
     return 0
 
 

@@ -1,17 +1,21 @@
-"""Compare segmentation methods on one test split: Friedman test, Nemenyi post-hoc, critical-difference plot.
+"""Compare segmentation methods on one test split: a paired test for two, Friedman + Nemenyi for more.
 
 Reads the per-case ``cases.csv`` that any bundle's evaluation writes (``runs/<dataset>/eval/<run>/``), matches
-the cases by ``case_id`` (and ``lesion_index`` for bundles that score one ROI per lesion), and compares a
-per-case metric (Dice by default) as paper 003 does (Demšar, JMLR 7:1-30, 2006):
+the cases by ``case_id`` (and ``lesion_index`` for bundles that score one ROI per lesion), refuses evaluations of
+different splits, and lists the cases left out (:mod:`breastseg.workflows.compare_cases`). A per-case metric
+(Dice by default, any column of :data:`~breastseg.workflows.paired_stats.HIGHER_IS_BETTER`) is compared:
 
-- Friedman test over the methods' per-case ranks (rank 1 = best; ties share their mean rank);
-- Nemenyi post-hoc: methods ``i`` and ``j`` differ when ``|R_i - R_j| >= CD = q_alpha sqrt(k(k+1)/(6N))``,
-  ``q_alpha`` the studentized range quantile at ``k`` groups and infinite degrees of freedom over sqrt(2); the
-  pairwise p-value is ``P(Q >= sqrt(2) |R_i - R_j| / sqrt(k(k+1)/(6N)))``.
+- two methods: Wilcoxon signed-rank test, median and mean paired difference with bootstrap intervals, cases won
+  (:mod:`breastseg.workflows.paired_stats`); ``paired_plot.png`` draws one line per case;
+- three or more, as paper 003 does (Demšar, JMLR 7:1-30, 2006): Friedman test over the methods' per-case ranks
+  (rank 1 = best; ties share their mean rank); Nemenyi post-hoc: methods ``i`` and ``j`` differ when
+  ``|R_i - R_j| >= CD = q_alpha sqrt(k(k+1)/(6N))``, ``q_alpha`` the studentized range quantile at ``k`` groups and
+  infinite degrees of freedom over sqrt(2); the pairwise p-value is ``P(Q >= sqrt(2) |R_i - R_j| / sqrt(k(k+1)/(6N)))``;
+  and every pairwise Wilcoxon test with Holm's correction (``wilcoxon_holm.csv``).
 
-Writes ``nemenyi_pvalues.csv`` (methods x methods), ``comparison.json`` (Friedman statistic and p-value, mean
-ranks, mean metric, CD) and ``critical_difference.png``, and logs them to an MLflow run of the experiment
-``breastseg-compare``. Case ids never leave the machine: only counts and aggregates are logged.
+Both write ``comparison.json``, ``matched_cases.csv`` (the compared values, one line per case) and
+``left_out_cases.csv``, and log the summary and figures to an MLflow run of the experiment ``breastseg-compare``.
+Case ids never leave the machine: MLflow gets counts, aggregates and the per-case values keyed by a pseudonym.
 """
 
 from __future__ import annotations
@@ -25,9 +29,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from breastseg.workflows.compare_cases import (
+    MatchedCases,
+    check_same_split,
+    find_cases_csv,
+    load_case_scores,
+    load_evaluation,
+    match_cases,
+    write_left_out,
+)
+from breastseg.workflows.paired_stats import higher_is_better, paired_comparison, pairwise_wilcoxon, plot_paired
+
 __all__ = [
     "load_case_scores",
     "find_cases_csv",
+    "higher_is_better",
     "friedman_nemenyi",
     "plot_critical_difference",
     "compare_methods",
@@ -35,69 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("breastseg.compare")
-
-
-def find_cases_csv(path: str | Path) -> Path:
-    """``path`` itself when it is a file, else ``cases.csv`` in it or in its newest evaluation sub-folder.
-
-    Raises:
-        FileNotFoundError: nothing named ``cases.csv`` there.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    candidates = [path / "cases.csv"] + sorted(path.glob("*/cases.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no cases.csv at {path} (expected an evaluation folder or the CSV itself)")
-
-
-def load_case_scores(path: str | Path, metric: str = "dice") -> dict[tuple[str, str], float]:
-    """``{(case_id, lesion_index): value}`` of ``metric`` from an evaluation's ``cases.csv``.
-
-    Raises:
-        ValueError: no ``case_id`` or ``metric`` column, a repeated case, or a value that is not a finite number
-            (the message names the file and the case).
-    """
-    path = find_cases_csv(path)
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        for needed in ("case_id", metric):
-            if needed not in columns:
-                raise ValueError(f"{path}: no {needed!r} column (columns: {columns})")
-        scores: dict[tuple[str, str], float] = {}
-        for line, row in enumerate(reader, start=2):
-            key = (row["case_id"], row.get("lesion_index") or "0")
-            if key in scores:
-                raise ValueError(f"{path} line {line}: case {key[0]} lesion {key[1]} appears twice")
-            try:
-                value = float(row[metric])
-            except (TypeError, ValueError):
-                value = math.nan
-            if not math.isfinite(value):
-                raise ValueError(f"{path} line {line}: {metric} of case {key[0]} is {row[metric]!r}, not a finite number")
-            scores[key] = value
-    if not scores:
-        raise ValueError(f"{path}: no case rows")
-    return scores
-
-
-def _matched_table(scores: Mapping[str, Mapping[tuple[str, str], float]]) -> tuple[list[str], np.ndarray]:
-    names = list(scores)
-    reference = set(scores[names[0]])
-    for name in names[1:]:
-        cases = set(scores[name])
-        if cases != reference:
-            missing, extra = sorted(reference - cases), sorted(cases - reference)
-            raise ValueError(
-                f"methods {names[0]!r} and {name!r} were not evaluated on the same cases: {len(missing)} case(s) only in "
-                f"{names[0]!r} (e.g. {[c for c, _ in missing[:3]]}), {len(extra)} only in {name!r} "
-                f"(e.g. {[c for c, _ in extra[:3]]}); evaluate every method on the same split"
-            )
-    keys = sorted(reference)
-    return keys, np.array([[scores[name][key] for name in names] for key in keys], dtype=np.float64)
 
 
 def friedman_nemenyi(table: np.ndarray, alpha: float = 0.05, higher_is_better: bool = True) -> dict[str, Any]:
@@ -193,28 +146,70 @@ def plot_critical_difference(names: Sequence[str], mean_ranks: Sequence[float], 
     return path
 
 
-def _log_to_mlflow(tracking_uri: str, out: Path, result: dict[str, Any], metric: str) -> str:
+def _write_matched(matched: MatchedCases, names: Sequence[str], path: Path, pseudonymise: bool = False) -> Path:
+    """One line per compared case: its id (or, for MLflow, its pseudonym) and each method's value."""
+    from breastseg.workflows.evaluation import case_key
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_key" if pseudonymise else "case_id", "lesion_index", *names])
+        for (case, lesion), values in zip(matched.keys, matched.table):
+            writer.writerow([case_key(case) if pseudonymise else case, lesion, *(f"{v:.6g}" for v in values)])
+    return path
+
+
+def _log_to_mlflow(tracking_uri: str, result: dict[str, Any], artifacts: Sequence[Path]) -> str:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name("breastseg-compare")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment("breastseg-compare")
+    metric = result["metric"]
     run = client.create_run(experiment_id, run_name=f"compare-{metric}-{'-'.join(result['methods'])}"[:250])
     run_id = run.info.run_id
-    client.log_param(run_id, "metric", metric)
+    for key in ("metric", "test", "n", "n_left_out", "alpha"):
+        client.log_param(run_id, "n_cases" if key == "n" else key, result[key])
     client.log_param(run_id, "methods", ",".join(result["methods"]))
-    client.log_param(run_id, "n_cases", result["n"])
-    client.log_param(run_id, "alpha", result["alpha"])
-    client.log_metric(run_id, "friedman_statistic", result["statistic"])
-    client.log_metric(run_id, "friedman_p_value", result["p_value"])
-    client.log_metric(run_id, "critical_difference", result["cd"])
-    for name, rank, mean in zip(result["methods"], result["mean_ranks"], result["mean_metric"]):
-        client.log_metric(run_id, f"mean_rank_{name}", rank)
+    if result["test"] == "wilcoxon":
+        for key in ("wilcoxon_statistic", "wilcoxon_p_value", "median_difference", "mean_difference"):
+            client.log_metric(run_id, key, result[key])
+        for key in ("median_difference_ci", "mean_difference_ci"):
+            client.log_metric(run_id, f"{key}_low", result[key][0])
+            client.log_metric(run_id, f"{key}_high", result[key][1])
+        for name, wins in zip(result["methods"], result["wins"]):
+            client.log_metric(run_id, f"wins_{name}", wins)
+        client.log_param(run_id, "bootstrap", f"{result['bootstrap_method']}, {result['n_resamples']} resamples, seed {result['seed']}")
+    else:
+        client.log_metric(run_id, "friedman_statistic", result["statistic"])
+        client.log_metric(run_id, "friedman_p_value", result["p_value"])
+        client.log_metric(run_id, "critical_difference", result["cd"])
+        for name, rank in zip(result["methods"], result["mean_ranks"]):
+            client.log_metric(run_id, f"mean_rank_{name}", rank)
+    for name, mean in zip(result["methods"], result["mean_metric"]):
         client.log_metric(run_id, f"mean_{metric}_{name}", mean)
-    for artifact in ("nemenyi_pvalues.csv", "comparison.json", "critical_difference.png"):
-        client.log_artifact(run_id, str(out / artifact), "comparison")
+    for artifact in artifacts:
+        client.log_artifact(run_id, str(artifact), "comparison")
     client.set_terminated(run_id)
     return run_id
+
+
+def _friedman_files(result: dict[str, Any], out: Path) -> list[Path]:
+    names = result["methods"]
+    with open(out / "nemenyi_pvalues.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", *names])
+        for name, row in zip(names, result["p_values"]):
+            writer.writerow([name, *(f"{p:.6g}" for p in row)])
+    with open(out / "wilcoxon_holm.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method_a", "method_b", "median_difference", "wins_a", "wins_b", "ties", "p_value", "p_holm"])
+        for pair in result["pairwise_wilcoxon"]:
+            writer.writerow([pair["a"], pair["b"], f"{pair['median_difference']:.6g}", *pair["wins"], pair["ties"],
+                             f"{pair['p_value']:.6g}", f"{pair['p_holm']:.6g}"])
+    title = f"{result['metric']}, N={result['n']}, Friedman p={result['p_value']:.3g}"
+    plot_critical_difference(names, result["mean_ranks"], result["cd"], out / "critical_difference.png", title)
+    return [out / "nemenyi_pvalues.csv", out / "wilcoxon_holm.csv", out / "critical_difference.png"]
 
 
 def compare_methods(
@@ -223,40 +218,64 @@ def compare_methods(
     metric: str = "dice",
     alpha: float = 0.05,
     tracking_uri: str | None = None,
+    n_resamples: int = 10_000,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Friedman + Nemenyi on the per-case ``metric`` of several evaluations; files in ``out``; MLflow run.
+    """Compare the per-case ``metric`` of several evaluations of one split; files in ``out``; MLflow run.
+
+    Two methods get the paired test (Wilcoxon, bootstrap intervals at ``1 - alpha``, wins, ``paired_plot.png``),
+    more get Friedman + Nemenyi (``nemenyi_pvalues.csv``, ``critical_difference.png``) and every pairwise
+    Wilcoxon test Holm-corrected (``wilcoxon_holm.csv``). Always: ``comparison.json``, ``matched_cases.csv``,
+    ``left_out_cases.csv``.
 
     Args:
         cases: method name -> an evaluation folder or its ``cases.csv``.
-        out: folder of ``nemenyi_pvalues.csv``, ``comparison.json`` and ``critical_difference.png``.
-        metric: a ``cases.csv`` column where higher is better (``dice``, ``iou``...); HD columns rank lower first.
-        alpha: significance level of the critical difference.
+        out: folder of the outputs (created).
+        metric: a ``cases.csv`` metric column; its direction is known (:data:`~breastseg.workflows.paired_stats.HIGHER_IS_BETTER`).
+        alpha: significance level of the critical difference; the bootstrap intervals are at ``1 - alpha``.
         tracking_uri: MLflow store (``None``: no logging).
+        n_resamples: bootstrap resamples of the cases (two methods).
+        seed: of the bootstrap (two methods).
 
     Raises:
-        ValueError: fewer than 3 methods, cases that differ between methods, or unusable values.
+        ValueError: fewer than 2 methods, evaluations of different splits, a metric of unknown direction,
+            unusable values, or fewer than 2 cases left to compare.
     """
-    if len(cases) < 3:
-        raise ValueError(f"compare needs at least 3 methods, got {len(cases)}: {list(cases)}")
-    scores = {name: load_case_scores(path, metric) for name, path in cases.items()}
-    keys, table = _matched_table(scores)
-    result = friedman_nemenyi(table, alpha=alpha, higher_is_better=not metric.startswith("hd"))
-    names = list(cases)
-    result.update({"methods": names, "metric": metric, "mean_metric": table.mean(axis=0).tolist(),
-                   "sources": {name: str(find_cases_csv(path)) for name, path in cases.items()}})
+    if len(cases) < 2:
+        raise ValueError(f"compare needs at least 2 methods, got {len(cases)}: {list(cases)}")
+    higher = higher_is_better(metric)
+    evaluations = {name: load_evaluation(path, metric) for name, path in cases.items()}
+    splits = check_same_split(evaluations)
+    matched = match_cases(evaluations, metric, higher)
+    names, table = list(cases), matched.table
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "nemenyi_pvalues.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", *names])
-        for name, row in zip(names, result["p_values"]):
-            writer.writerow([name, *(f"{p:.6g}" for p in row)])
+    result: dict[str, Any] = {
+        "methods": names, "metric": metric, "higher_is_better": higher, "alpha": alpha, "n": len(matched.keys),
+        "k": len(names), "mean_metric": table.mean(axis=0).tolist(), "median_metric": np.median(table, axis=0).tolist(),
+        "n_left_out": len(matched.left_out), "left_out": matched.left_out_counts(),
+        "both_empty_scored_best": matched.both_empty_scored_best,
+        "sources": {name: str(e.path) for name, e in evaluations.items()}, "splits": splits,
+    }
+    write_left_out(matched, out / "left_out_cases.csv")
+    _write_matched(matched, names, out / "matched_cases.csv")
+    artifacts = [out / "comparison.json", _write_matched(matched, names, out / "mlflow" / "matched_cases.csv", pseudonymise=True)]
+    if len(names) == 2:
+        result["test"] = "wilcoxon"
+        result.update(paired_comparison(table[:, 0], table[:, 1], higher, 1 - alpha, n_resamples, seed))
+        title = f"{metric}, N={result['n']}, Wilcoxon p={result['wilcoxon_p_value']:.3g}"
+        artifacts.append(plot_paired(names, table[:, 0], table[:, 1], metric, out / "paired_plot.png", higher, title))
+        logger.info("Wilcoxon p=%.4g over %d cases; median difference %.4g", result["wilcoxon_p_value"], result["n"],
+                    result["median_difference"])
+    else:
+        result["test"] = "friedman"
+        result.update(friedman_nemenyi(table, alpha=alpha, higher_is_better=higher))
+        result["pairwise_wilcoxon"] = pairwise_wilcoxon(table, names, higher)
+        artifacts += _friedman_files(result, out)
+        logger.info("Friedman chi2=%.4g p=%.4g over %d cases; CD=%.3f", result["statistic"], result["p_value"], result["n"], result["cd"])
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    title = f"{metric}, N={result['n']}, Friedman p={result['p_value']:.3g}"
-    plot_critical_difference(names, result["mean_ranks"], result["cd"], out / "critical_difference.png", title)
-    logger.info("Friedman chi2=%.4g p=%.4g over %d cases; CD=%.3f", result["statistic"], result["p_value"], result["n"], result["cd"])
     if tracking_uri:
-        result["mlflow_run_id"] = _log_to_mlflow(tracking_uri, out, result, metric)
+        result["mlflow_run_id"] = _log_to_mlflow(tracking_uri, result, artifacts)
         (out / "comparison.json").write_text(json.dumps(result, indent=2))
     return result
 
