@@ -180,6 +180,7 @@ def _print_comparison(result: dict, out: str) -> None:
         for pair in result["pairwise_wilcoxon"]:
             print(f"  {pair['a']} vs {pair['b']}: median difference {pair['median_difference']:.4g}, "
                   f"p = {pair['p_value']:.4g}, Holm p = {pair['p_holm']:.4g}")
+    print(f"Per method, over the {result['n']} compared cases:")
     ranks = result.get("mean_ranks", [None] * len(names))
     for name, rank, mean in zip(names, ranks, result["mean_metric"]):
         print(f"  {name:<24} " + (f"mean rank {rank:.2f}   " if rank is not None else "") + f"mean {metric} {mean:.4f}")

@@ -125,7 +125,10 @@ def evaluation_split(evaluation: Evaluation) -> tuple[str, str] | None:
     if not datalist_path.is_file():
         logger.warning("%s: no datalist.json at %s, its split is not checked", evaluation.path, datalist_path)
         return None
-    datalist = json.loads(datalist_path.read_text())
+    try:
+        datalist = json.loads(datalist_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{datalist_path}: not a datalist JSON ({error}); rebuild it with breastseg datalist") from None
     names = evaluation.split_names or ("test",)
     ids = sorted(str(r["case_id"]) for name in names for r in datalist.get(name, []))
     if not {case for case, _ in evaluation.values} <= set(ids):
