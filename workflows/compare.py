@@ -43,7 +43,6 @@ from breastseg.workflows.paired_stats import higher_is_better, paired_comparison
 __all__ = [
     "load_case_scores",
     "find_cases_csv",
-    "higher_is_better",
     "friedman_nemenyi",
     "plot_critical_difference",
     "compare_methods",

@@ -97,7 +97,17 @@ def test_compare_command_trains_baselines_on_the_same_split(workspace, trained):
     assert (out / "nemenyi_pvalues.csv").read_text().startswith("method,hybrid_attention,basic_unet,attention_unet")
     run = client(workspace).get_run(summary["mlflow_run_id"])
     assert run.data.params["methods"] == "hybrid_attention,basic_unet,attention_unet"
-    assert "Friedman chi2" in result.stdout
+    assert "Friedman chi2" in result.stdout and "Holm p =" in result.stdout
+    paired = breastseg_cli(
+        "compare", "--cases", f"hybrid_attention={workspace['eval_dir']}", "--cases", f"basic_unet={out / 'basic_unet' / 'eval'}",
+        "--out", str(out / "paired"), tracking_uri=workspace["uri"],
+    )
+    assert_ok(paired)
+    summary = json.loads((out / "paired" / "comparison.json").read_text())
+    assert summary["test"] == "wilcoxon" and summary["n"] + summary["n_left_out"] >= 2
+    splits = {split.split(" of ")[0] for split in summary["splits"].values()}  # the same split, from two datalists
+    assert len(splits) == 1 and splits.pop().startswith("busi test split")
+    assert (out / "paired" / "paired_plot.png").read_bytes()[:4] == b"\x89PNG" and "Wilcoxon signed-rank" in paired.stdout
 
 
 def test_udiat_layout_trains(workspace, tmp_path):
