@@ -4,7 +4,10 @@ A chain may turn one image into several samples (paper 001 crops one ROI per les
 ``CacheDataset`` would then yield a list per image and the batch size would vary with the number of
 lesions. :class:`SampleCacheDataset` caches each image's deterministic output once (in memory, or on disk
 with ``cache="disk"`` for full-size mammograms) and indexes the resulting *samples*, so a batch of 16
-is 16 lesions as the paper trains, and each epoch's random transforms run per sample.
+is 16 lesions as the paper trains, and each epoch's random transforms run per sample. With a ``cache_dir``,
+the memory cache is filled from a disk copy of the same items (MONAI's ``PersistentDataset``, keyed by the
+record, its files' size and modification time, and the deterministic transforms with their settings), so a
+second run on the same data starts without preprocessing again.
 
 Training datasets are built with ``track_meta=False`` (MONAI's fast-training recipe): the cached samples
 are plain tensors and the random transforms run with metadata tracking off, so no per-sample ``deepcopy``
@@ -28,7 +31,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, get_track_meta, set_track_meta
 from monai.data.meta_tensor import MetaTensor
-from monai.transforms import Compose, Randomizable, apply_transform
+from monai.data.utils import pickle_hashing
+from monai.transforms import Compose, Lambda, Randomizable, apply_transform
 
 __all__ = ["SampleCacheDataset", "build_dataset", "build_loader", "auto_num_workers", "plain_tensors"]
 
@@ -71,6 +75,24 @@ def _meta_tracking(enabled: bool) -> Iterator[None]:
         set_track_meta(previous)
 
 
+def _file_stamps(value: Any) -> Any:
+    """``value`` with every existing file path replaced by (path, size, modification time)."""
+    if isinstance(value, dict):
+        return {key: _file_stamps(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_file_stamps(item) for item in value]
+    if isinstance(value, str) and os.path.isfile(value):
+        stat = os.stat(value)
+        return [value, stat.st_size, stat.st_mtime_ns]
+    return value
+
+
+def record_hash(record: Any) -> bytes:
+    """Disk-cache key of a datalist record: the record and the size and time of each file it names (a file
+    replaced under the same name is preprocessed again)."""
+    return pickle_hashing(_file_stamps(record))
+
+
 def _split_chain(transform: Compose) -> tuple[Compose, Compose]:
     """The deterministic head of a chain (cached) and the rest (run per sample)."""
     transforms = list(transform.transforms)
@@ -84,8 +106,9 @@ class SampleCacheDataset(Dataset):
     Args:
         data: datalist records.
         transform: the chain (a ``Compose``); everything before its first random transform is cached.
-        cache: ``"memory"`` (``CacheDataset``), ``"disk"`` (``PersistentDataset`` in ``cache_dir``) or
-            ``"none"`` (recomputed every time: for quick checks only).
+        cache: ``"memory"`` (``CacheDataset``; filled from and written to the disk cache in ``cache_dir`` when
+            one is given), ``"disk"`` (``PersistentDataset`` in ``cache_dir``, read at every access: for data
+            that does not fit in memory) or ``"none"`` (recomputed every time: for quick checks only).
         cache_dir: folder of the disk cache.
         num_workers: threads used to fill the memory cache.
         track_meta: keep MONAI metadata (``MetaTensor``) in the samples. ``False`` (training): the cache holds
@@ -112,14 +135,18 @@ class SampleCacheDataset(Dataset):
             transform = Compose(transform)
         self.deterministic, self.random = _split_chain(transform)
         if cache == "memory":
+            items, head = data, self.deterministic
+            if cache_dir is not None:  # the memory cache is filled from the disk cache (written on a first run)
+                persistent = self._persistent(data, cache_dir, track_meta)
+                items, head = list(range(len(data))), Compose([Lambda(persistent.__getitem__)])
             # copy_cache=False: _transform copies only the one sample it hands out, not every lesion of its image
             self.base: Dataset = CacheDataset(
-                data, self.deterministic, cache_rate=1.0, num_workers=num_workers, progress=False, copy_cache=False
+                items, head, cache_rate=1.0, num_workers=num_workers, progress=False, copy_cache=False
             )
         elif cache == "disk":
             if cache_dir is None:
                 raise ValueError("cache='disk' needs cache_dir")
-            self.base = PersistentDataset(data, self.deterministic, cache_dir=cache_dir)
+            self.base = self._persistent(data, cache_dir, track_meta)
         else:
             self.base = Dataset(data, self.deterministic)
         self.track_meta = track_meta
@@ -135,6 +162,16 @@ class SampleCacheDataset(Dataset):
                 self.index.append((item_index, None))
         super().__init__(data, transform=None)
         logger.info("%d records -> %d samples", len(data), len(self.index))
+
+    def _persistent(self, data: Sequence[dict], cache_dir: str | Path, track_meta: bool) -> PersistentDataset:
+        return PersistentDataset(
+            data,
+            self.deterministic,
+            cache_dir=cache_dir,
+            hash_func=record_hash,
+            hash_transform=pickle_hashing,  # another image size or chain setting is another cache entry
+            track_meta=track_meta,
+        )
 
     def __len__(self) -> int:
         return len(self.index)

@@ -257,12 +257,13 @@ def seconds_since_process_start() -> float | None:
 
 
 class _FirstStepLog:
-    """Log once how long the command took to reach its first training step (imports, data, cache, network)."""
+    """Log once how long the command took to reach its first training step (imports, data, cache, network,
+    first batch), when that step starts."""
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self)
+        engine.add_event_handler(Events.ITERATION_STARTED(once=1), self)
 
     def __call__(self, engine: Any) -> None:
         seconds = seconds_since_process_start()

@@ -1,17 +1,19 @@
 """What keeps a GPU fed, checked on CPU with real MONAI engines and real training steps: no value read back
 from the device per step, plain tensors into the network, the same samples as with metadata, crop indices
-found once, checkpoints written beside training (and never with NaN weights), loader workers per device."""
+found once, checkpoints written beside training (and never with NaN weights), loader workers per device,
+a warm start from the disk cache."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
 from monai.data import DataLoader, Dataset, MetaTensor
-from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandRotate90d
+from monai.transforms import Compose, MapTransform, RandCropByPosNegLabeld, RandFlipd, RandRotate90d
 
 from breastseg.networks import AWLoss
 from breastseg.transforms.chains import _lesion_balanced_crop
@@ -255,3 +257,43 @@ def test_a_run_removes_the_temporaries_of_a_killed_run(tmp_path):
     trainer.run()
     assert not stale.exists()
     assert (tmp_path / LAST_CHECKPOINT_FILE).is_file()
+
+
+class _CountedScale(MapTransform):
+    """A deterministic step that counts its calls (and has a setting that changes its output)."""
+
+    calls = 0
+
+    def __init__(self, factor: float) -> None:
+        super().__init__(("image",))
+        self.factor = factor
+
+    def __call__(self, data):
+        type(self).calls += 1
+        return {**data, "image": torch.as_tensor(np.load(data["image"])) * self.factor, "label": torch.zeros(1, 4, 4)}
+
+
+def test_a_second_run_fills_its_memory_cache_from_the_disk_cache(tmp_path):
+    """No preprocessing on a warm start; a file replaced on disk or another chain setting is preprocessed again."""
+    records = []
+    for index in range(3):
+        path = tmp_path / f"image{index}.npy"
+        np.save(path, np.full((1, 4, 4), index, dtype=np.float32))
+        records.append({"image": str(path), "case_id": str(index)})
+    cache_dir = tmp_path / "cache"
+
+    def build(factor: float) -> SampleCacheDataset:
+        return SampleCacheDataset(records, Compose([_CountedScale(factor)]), cache_dir=cache_dir, track_meta=False)
+
+    _CountedScale.calls = 0
+    first = build(2.0)
+    assert _CountedScale.calls == 3
+    second = build(2.0)
+    assert _CountedScale.calls == 3  # warm: read from disk
+    assert all(torch.equal(first[i]["image"], second[i]["image"]) for i in range(3))
+    np.save(records[1]["image"], np.full((1, 4, 4), 9, dtype=np.float32))
+    os.utime(records[1]["image"], ns=(1, 1))  # another content and time under the same name
+    third = build(2.0)
+    assert _CountedScale.calls == 4 and float(third[1]["image"].max()) == 18.0
+    build(3.0)
+    assert _CountedScale.calls == 7  # another setting: every record again
