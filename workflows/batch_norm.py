@@ -23,7 +23,7 @@ from ignite.engine import Engine, Events
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import Subset
 
-from breastseg.workflows.datasets import build_loader
+from breastseg.workflows.datasets import build_loader, plain_tensors
 from breastseg.workflows.precision import AutocastInferer
 
 __all__ = ["RecalibrateBatchNorm", "evenly_spaced", "recalibrate_batch_norm"]
@@ -59,6 +59,12 @@ def recalibrate_batch_norm(network: torch.nn.Module, batches: Any, inferer: Any 
     return seen
 
 
+def _collate_images(items: Sequence[dict], image_key: str = "image") -> dict[str, torch.Tensor]:
+    """A batch of the items' images alone: the cached items also hold keys that do not collate (the lesion
+    and background pixel indices of the crop recipes differ in length from image to image)."""
+    return {image_key: torch.stack([plain_tensors(item[image_key]) for item in items])}
+
+
 class RecalibrateBatchNorm:
     """Evaluator handler: before each run, batch-norm statistics from whole training images.
 
@@ -81,7 +87,7 @@ class RecalibrateBatchNorm:
             raise ValueError(f"bn_recalibration_images must be at least 1 (or null for all), got {max_images}")
         if enabled and max_images is not None and max_images < len(images):
             images = Subset(images, evenly_spaced(len(images), max_images))
-        self.loader = build_loader(images, int(batch_size), shuffle=False) if enabled else None
+        self.loader = build_loader(images, int(batch_size), shuffle=False, collate_fn=_collate_images) if enabled else None
         self.enabled = enabled
 
     def attach(self, evaluator: Engine) -> None:

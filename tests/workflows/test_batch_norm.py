@@ -59,6 +59,19 @@ def test_evaluator_validates_with_statistics_of_the_training_images():
     assert net.norm.num_batches_tracked == 2
 
 
+def test_cached_items_with_keys_that_do_not_collate_recalibrate():
+    """The crop recipes cache each image's lesion/background pixel indices (one length per image): only the
+    images are batched for the recalibration."""
+    net = _NormNet()
+    training = _images(5.0)
+    for count, item in enumerate(training, 1):
+        item["label_fg_indices"] = torch.arange(count)
+    handler = RecalibrateBatchNorm(Dataset(training), batch_size=2)
+    evaluator = build_evaluator("cpu", DataLoader(Dataset(_images(-3.0)), batch_size=2), net, val_handlers=[handler])
+    evaluator.run()
+    assert float(net.norm.running_mean) == pytest.approx(float(torch.stack([r["image"] for r in training]).mean()), abs=1e-5)
+
+
 def test_disabled_attaches_nothing_and_an_empty_training_split_is_refused():
     net = _NormNet()
     evaluator = build_evaluator(
