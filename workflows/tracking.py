@@ -3,8 +3,11 @@
 - The store is ``MLFLOW_TRACKING_URI`` when set, else the SQLite file ``mlflow/mlruns.db`` of the project
   (artifacts in ``mlflow/artifacts``), as ``mlflow/settings.json`` says.
 - A server that cannot be reached at start fails within seconds with a message naming the URI;
-  one lost mid-run only produces warnings (:class:`ResilientMLFlowHandler`): training goes on and
-  checkpoints are still written.
+  one lost mid-run only produces a warning (:class:`ResilientMLFlowHandler`): training, validation and
+  checkpoints go on, the metrics of the outage are sent when the server is back, or written to
+  ``mlflow/unsent/<run name>.jsonl`` when the run ends without it.
+- A run that stops on an exception (a NaN loss, ...) ends FAILED with its ``failure_reason`` tag
+  (:class:`EndRunsOnFailure`).
 - Run names are unique (``<bundle>-<workflow>-<UTC time>-<random>``): MONAI's handler would otherwise
   attach to any unfinished run of the experiment.
 - Parameters are the resolved config, flattened, with every value that could carry a patient
@@ -24,7 +27,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ignite.engine import Events
+from mlflow.entities import Metric, RunStatus, RunTag
 from monai.handlers import MLFlowHandler
+from monai.utils import flatten_dict
 
 __all__ = [
     "PROJECT_ROOT",
@@ -33,6 +39,7 @@ __all__ = [
     "check_tracking_server",
     "loggable_params",
     "ResilientMLFlowHandler",
+    "EndRunsOnFailure",
     "unique_trackers",
     "tracker",
 ]
@@ -46,6 +53,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _IDENTIFYING_KEYS = ("patientname", "patientid", "patient_id", "birthdate", "patients_name", "patients_birth")
 
 #: an unreachable server must fail fast: one try, short timeout (users can still override both)
+#: MLflow accepts at most 1000 metrics in one ``log_batch``
+_METRICS_PER_BATCH = 1000
+
+#: metrics not yet sent, per run (tracking URI, experiment, run name)
+_UNSENT: dict[tuple, list[Metric]] = {}
+
 _FAST_FAIL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
@@ -116,49 +129,165 @@ def loggable_params(config: Mapping[str, Any], extra: Mapping[str, Any] | None =
 
 
 class ResilientMLFlowHandler(MLFlowHandler):
-    """MONAI's :class:`~monai.handlers.MLFlowHandler` that keeps training when the server is lost.
+    """MONAI's :class:`~monai.handlers.MLFlowHandler` for which the tracking server is never a reason to stop.
 
-    The first call (run creation at ``STARTED``) still raises: a store that cannot be reached at the
-    start is a configuration error. After that, a failed logging call is a warning and the run goes on.
+    Every call to the store (run creation, parameters, tags, metrics, artifacts, closing the run) is
+    guarded: a failure is one warning, and training goes on. Metrics logged while the store cannot be
+    reached are kept and sent, with their original time and step, as soon as it answers again (retried
+    at most every ``retry_interval`` seconds, and once more when the run ends). Whatever is still unsent
+    then is written to ``unsent_dir/<run name>.jsonl`` (one metric per line), and a warning names
+    the file. A server that cannot be reached at all is refused earlier, by :func:`check_tracking_server`.
     """
 
-    def __init__(self, *args: Any, params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    #: seconds between two attempts to reach a store that failed (each failed attempt costs a timeout)
+    retry_interval = 30.0
+
+    def __init__(
+        self,
+        *args: Any,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        unsent_dir: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.params = dict(params or {})
         self.tags = dict(tags or {})
+        self.unsent_dir = Path(unsent_dir) if unsent_dir else PROJECT_ROOT / "mlflow" / "unsent"
+        # the trainer's and the validator's handlers log into one run: they share its unsent metrics, so
+        # whichever reaches the store first sends them all, and the run's end writes what is left
+        self._run_key = (self.client.tracking_uri, self.experiment_name, self.run_name)
+        self.pending: list[Metric] = _UNSENT.setdefault(self._run_key, [])
         self._failures = 0
+        self._offline = False
+        self._retry_at = 0.0
+        self._engine: Any = None
+
+    @property
+    def unsent_file(self) -> Path:
+        return self.unsent_dir / f"{self.run_name}.jsonl"
 
     def start(self, engine: Any) -> None:
-        super().start(engine)
+        self._engine = engine
+        self._guard("starting the run", self._send_pending)
+
+    def _open_run(self) -> None:
+        """Create (or, for the validator, find) the run; MONAI's ``start`` also logs the engine's settings."""
+        super().start(self._engine)
+
+    def _send_pending(self) -> None:
+        """Open the run if needed, then send the parameters, tags and metrics not yet sent."""
+        if self.cur_run is None:
+            if self._engine is None:
+                return
+            self._open_run()
+        run_id = self.cur_run.info.run_id
         if self.params:
             self._delete_exist_param_in_dict(self.params)
             for chunk in _chunks(list(self.params.items()), 90):
                 self._log_params(dict(chunk))
             self.params = {}
-        for key, value in self.tags.items():
-            self.client.set_tag(self.cur_run.info.run_id, key, value)
+        if self.tags:
+            self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in self.tags.items()])
+            self.tags = {}
+        while self.pending:
+            batch = self.pending[:_METRICS_PER_BATCH]
+            self.client.log_batch(run_id, metrics=batch)
+            del self.pending[: len(batch)]
 
-    def _guard(self, action: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    def _guard(self, action: str, call: Any, *args: Any, force: bool = False, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)``, or ``None`` when the store fails (one warning per outage) or failed less
+        than ``retry_interval`` seconds ago (``force``: try anyway)."""
+        if self._offline and not force and time.monotonic() < self._retry_at:
+            return None
         try:
-            return call(*args, **kwargs)
+            result = call(*args, **kwargs)
         except Exception as err:  # MLflow raises MlflowException, requests and OSError alike
             self._failures += 1
-            warnings.warn(f"MLflow {action} failed ({type(err).__name__}: {err}); training goes on", stacklevel=2)
+            self._retry_at = time.monotonic() + self.retry_interval
+            if not self._offline:
+                self._offline = True
+                warnings.warn(
+                    f"MLflow {action} failed ({type(err).__name__}: {err}); training goes on, and its metrics are "
+                    "kept until the tracking server answers again",
+                    stacklevel=2,
+                )
             return None
+        if self._offline:
+            self._offline = False
+            logger.warning("MLflow answers again: run %s is tracked again", self.run_name)
+            if call != self._send_pending:
+                self._guard("sending the metrics kept during the outage", self._send_pending)
+        return result
 
     def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        if self.cur_run is not None:
-            self._guard("metric logging", super()._log_metrics, metrics, step)
+        timestamp = int(time.time() * 1000)
+        self.pending.extend(Metric(key, float(value), timestamp, step or 0) for key, value in flatten_dict(metrics).items())
+        self._guard("metric logging", self._send_pending)
 
     def complete(self) -> None:
         self._guard("artifact logging", super().complete)
 
     def close(self) -> None:
-        self._guard("closing the run", super().close)
+        """Send what is pending, then end the run FINISHED; what cannot be sent is written to :attr:`unsent_file`."""
+        self._end(self.run_finish_status)
+
+    def fail(self, error: BaseException) -> None:
+        """End the run FAILED with ``error`` as its ``failure_reason`` tag (the run stopped on an exception)."""
+        reason = f"{type(error).__name__}: {error}"[:5000]
+        self.tags["failure_reason"] = reason
+        self._end(RunStatus.to_string(RunStatus.FAILED))
+
+    def _end(self, status: str) -> None:
+        self._guard("sending the metrics kept during the outage", self._send_pending, force=True)
+        if self.cur_run is not None and not self._offline:
+            self._guard("closing the run", self.client.set_terminated, self.cur_run.info.run_id, status)
+        if not self._offline:
+            self.cur_run = None
+        self._dispose_sqlite_store()
+        self._write_unsent(status)
+        _UNSENT.pop(self._run_key, None)
+
+    def _write_unsent(self, status: str) -> None:
+        if not (self.pending or self._offline):
+            return
+        self.unsent_file.parent.mkdir(parents=True, exist_ok=True)
+        header = {"tracking_uri": self.client.tracking_uri, "experiment": self.experiment_name, "run_name": self.run_name,
+                  "run_id": self.run_id, "status": status, "params": self.params, "tags": self.tags}
+        lines = [json.dumps(header)] + [
+            json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}) for m in self.pending
+        ]
+        self.unsent_file.write_text("\n".join(lines) + "\n")
+        logger.warning(
+            "MLflow could not be reached when run %s ended (%s): %d metric(s) and the run's end are in %s",
+            self.run_name, status, len(self.pending), self.unsent_file,
+        )
 
     @property
     def run_id(self) -> str | None:
         return None if self.cur_run is None else self.cur_run.info.run_id
+
+
+class EndRunsOnFailure:
+    """End the MLflow runs of an engine's trackers FAILED, with the reason, when the engine raises.
+
+    :func:`unique_trackers` lists it first among an engine's handlers: Ignite stops at the first
+    ``EXCEPTION_RAISED`` handler that raises (MONAI's ``StatsHandler`` does), so it must come before them.
+    """
+
+    def __init__(self, trackers: Iterable[ResilientMLFlowHandler]) -> None:
+        self.trackers = list(trackers)
+
+    def attach(self, engine: Any) -> None:
+        if not engine.has_event_handler(self, Events.EXCEPTION_RAISED):
+            engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine: Any, error: BaseException) -> None:
+        for run_tracker in self.trackers:
+            if run_tracker.run_id is not None:
+                logger.error("MLflow run %s ends FAILED: %s: %s", run_tracker.run_name, type(error).__name__, error)
+            run_tracker.fail(error)
+        raise error
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
@@ -172,6 +301,8 @@ def unique_trackers(handlers: Iterable[Any]) -> list[Any]:
     ``--tracking mlflow`` appends MONAI's own ``MLFlowHandler`` to the bundle's handler lists. The
     bundle already defines ``tracking_uri``, ``experiment_name`` and ``run_name``, which MONAI reuses,
     so the appended handler would log every value a second time into the same run.
+
+    When the list holds project trackers, an :class:`EndRunsOnFailure` of them comes first.
     """
     kept: list[Any] = []
     seen: set[tuple] = set()
@@ -183,7 +314,8 @@ def unique_trackers(handlers: Iterable[Any]) -> list[Any]:
                 continue
             seen.add(key)
         kept.append(handler)
-    return kept
+    trackers = [handler for handler in kept if isinstance(handler, ResilientMLFlowHandler)]
+    return [EndRunsOnFailure(trackers), *kept] if trackers else kept
 
 
 def _every(n: int):
@@ -200,12 +332,14 @@ def tracker(
     artifacts: Any = None,
     enabled: bool = True,
     iteration_log_every: int = 10,
+    unsent_dir: str | Path | None = None,
 ) -> ResilientMLFlowHandler | None:
     """The MLflow handler of ``role``: ``"trainer"`` (loss every ``iteration_log_every`` iterations, LR,
     epoch metrics; closes the run when training completes), ``"validator"`` (validation metrics per
     epoch, same run) or ``"evaluator"`` (a run of its own, closed when evaluation completes).
 
-    ``enabled=False`` (non-zero DDP ranks) returns ``None``.
+    ``enabled=False`` (non-zero DDP ranks) returns ``None``. Metrics that cannot be sent before the run
+    ends go to ``unsent_dir`` (default ``mlflow/unsent`` of the project).
     """
     if not enabled:
         return None
@@ -214,7 +348,12 @@ def tracker(
     from breastseg.workflows.harness import loss_value
 
     common = dict(
-        tracking_uri=tracking_uri, experiment_name=experiment_name, run_name=run_name, params=params, tags=tags
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        run_name=run_name,
+        params=params,
+        tags=tags,
+        unsent_dir=unsent_dir,
     )
     if role == "trainer":
         return ResilientMLFlowHandler(

@@ -31,10 +31,11 @@ def stop_server(process: subprocess.Popen) -> None:
         process.wait(timeout=20)
 
 
-@contextmanager
-def running_mlflow_server(folder: Path):
-    """Yield the server's URI; the server is terminated on exit."""
-    port = free_port()
+def start_server(folder: Path, port: int | None = None) -> tuple[str, subprocess.Popen]:
+    """Start a server over ``folder`` (its SQLite store and artifacts) on ``port`` (default: a free one) and
+    wait until it answers; returns its URI and process. Starting it again on the same folder and port
+    brings the same store back."""
+    port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
     command = [
@@ -43,22 +44,28 @@ def running_mlflow_server(folder: Path):
         "--artifacts-destination", str(folder / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
-    log = open(folder / "server.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with open(folder / "server.log", "a") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return uri, process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_server(process)
+            raise RuntimeError(f"mlflow server did not start; see {folder / 'server.log'}")
+        time.sleep(0.5)
+
+
+@contextmanager
+def running_mlflow_server(folder: Path):
+    """Yield the server's URI and process; the server is terminated on exit."""
+    uri, process = start_server(folder)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start; see {folder / 'server.log'}")
-            time.sleep(0.5)
         yield uri, process
     finally:
         stop_server(process)
-        log.close()
