@@ -14,7 +14,7 @@ from monai.data import DataLoader, Dataset
 from monai.handlers import ValidationHandler
 
 from breastseg.workflows.checkpoints import LAST_CHECKPOINT_FILE, EpochCheckpointer
-from breastseg.workflows.harness import build_evaluator, build_trainer
+from breastseg.workflows.harness import build_evaluator, build_trainer, progress_handlers
 from breastseg.workflows.tracking import check_tracking_server, tracker
 from breastseg.workflows.validation_loss import logits_postprocessing, validation_loss_metric
 from mlflow_server import free_port, running_mlflow_server, start_server, stop_server
@@ -135,3 +135,34 @@ def test_unreachable_server_is_refused_at_start():
 def test_local_sqlite_store_needs_no_server(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     assert check_tracking_server(uri) == uri
+
+
+class _LossNaNFromStep:
+    """Binary cross-entropy that turns NaN from its ``step``-th call (a diverging run)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.calls = step, 0
+
+    def __call__(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, label)
+        return loss * float("nan") if self.calls >= self.step else loss
+
+
+def test_run_stopped_by_a_nan_loss_ends_failed_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    run_tracker = tracker("trainer", uri, "nan", "nan-run")
+    trainer = build_trainer(
+        "cpu", 3, DataLoader(Dataset(_data()), batch_size=2), net, optimizer, _LossNaNFromStep(3),
+        [progress_handlers("trainer", terminal=False), run_tracker],  # as the bundles list them: stats first
+    )
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        trainer.run()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("nan").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"].startswith("FloatingPointError: training loss is nan at epoch 2")
+    assert run.data.metrics["train_epoch_loss"] > 0  # epoch 1 was logged before the failure
