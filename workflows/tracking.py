@@ -35,6 +35,7 @@ from monai.utils import flatten_dict
 __all__ = [
     "PROJECT_ROOT",
     "default_tracking_uri",
+    "prepare_sqlite_store",
     "unique_run_name",
     "check_tracking_server",
     "loggable_params",
@@ -56,6 +57,9 @@ _IDENTIFYING_KEYS = ("patientname", "patientid", "patient_id", "birthdate", "pat
 #: MLflow accepts at most 1000 metrics in one ``log_batch``
 _METRICS_PER_BATCH = 1000
 
+#: SQLite stores this process has created or checked (:func:`prepare_sqlite_store`)
+_PREPARED_STORES: set[str] = set()
+
 #: metrics not yet sent, per run (tracking URI, experiment, run name)
 _UNSENT: dict[tuple, list[Metric]] = {}
 
@@ -63,7 +67,7 @@ _FAST_FAIL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_
 
 
 def default_tracking_uri(project_root: str | Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store ``mlflow/mlruns.db``."""
+    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store ``mlflow/mlruns.db`` (created if new)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
@@ -71,7 +75,28 @@ def default_tracking_uri(project_root: str | Path | None = None) -> str:
     settings = json.loads((root / "mlflow" / "settings.json").read_text())
     db = (root / settings["store"]).resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
-    return "sqlite:///" + db.as_posix()
+    return prepare_sqlite_store("sqlite:///" + db.as_posix())
+
+
+def prepare_sqlite_store(tracking_uri: str) -> str:
+    """Create (or migrate) a local SQLite store once, under a file lock beside it (``<db>.lock``).
+
+    MLflow creates its schema when the first client opens a new store; two trainings started at once
+    would both create it and one would die (``duplicate column name``). Other URIs are returned as they are.
+    """
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri in _PREPARED_STORES:
+        return tracking_uri
+    import fcntl
+
+    import mlflow
+
+    db = Path(tracking_uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        mlflow.MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    _PREPARED_STORES.add(tracking_uri)
+    return tracking_uri
 
 
 def unique_run_name(bundle: str, workflow: str) -> str:
@@ -82,12 +107,12 @@ def unique_run_name(bundle: str, workflow: str) -> str:
 def check_tracking_server(tracking_uri: str, timeout: float = 5.0) -> str:
     """Fail within ``timeout`` seconds when an HTTP tracking server does not answer.
 
-    SQLite and other local stores are accepted as they are. Returns ``tracking_uri``.
+    A local SQLite store is created once under a lock (:func:`prepare_sqlite_store`). Returns ``tracking_uri``.
     """
     for key, value in _FAST_FAIL_HTTP.items():
         os.environ.setdefault(key, value)
     if not tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri
+        return prepare_sqlite_store(tracking_uri)
     url = tracking_uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (user-given server)
