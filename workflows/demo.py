@@ -49,5 +49,5 @@ def run_demo(bundle: str = "unetplusplus_mammo", max_epochs: int | None = None, 
     print(f"best model: {bundle_root / 'models' / 'model.pt'}")
     print(f"MLflow store: {os.environ.get('MLFLOW_TRACKING_URI') or PROJECT_ROOT / 'mlflow' / 'mlruns.db'}"
           f" (experiment breastseg-{bundle}); registered model: models:/{bundle}@candidate")
-    print("open the MLflow UI: bash mlflow/start_server.sh  ->  http://127.0.0.1:5000")
+    print("open the MLflow UI: bash mlflow/start_server.sh [PORT]  ->  http://127.0.0.1:PORT (default 5000)")
     return 0

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 from ignite.engine import Events
 from mlflow.entities import Metric, RunStatus, RunTag
 from monai.handlers import MLFlowHandler
-from monai.utils import flatten_dict
+from monai.utils import flatten_dict, path_to_uri
 
 __all__ = [
     "PROJECT_ROOT",
@@ -176,6 +176,11 @@ class ResilientMLFlowHandler(MLFlowHandler):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        store = self.client.tracking_uri
+        if kwargs.get("artifact_location") is None and store.startswith("sqlite:///"):
+            # beside a SQLite store, artifacts go to its artifacts/ folder, where the server keeps them too
+            # (MONAI's default is mlruns/)
+            self.artifact_location = path_to_uri(Path(store[len("sqlite:///") :]).parent / "artifacts")
         self.params = dict(params or {})
         self.tags = dict(tags or {})
         self.unsent_dir = Path(unsent_dir) if unsent_dir else PROJECT_ROOT / "mlflow" / "unsent"
