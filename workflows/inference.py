@@ -2,12 +2,14 @@
 
 Patch-based bundles (001 segments a region of interest around a known lesion) predict one patch per
 box; :class:`MaskWriter` pastes every patch of an image back at full resolution (maximum where boxes
-overlap) and writes the mask as an 8-bit PNG (0/255) and a NIfTI file whose affine carries the pixel
+overlap) and writes the mask as an 8-bit PNG (0/255, ``<stem>_pred.png``) and a NIfTI file whose affine carries the pixel
 spacing when the DICOM header states it. Both have the original image's rows and columns.
 
 Lesion boxes come from a CSV (``image,row_start,row_end,col_start,col_end``, pixels of the original
 image, one row per lesion; several rows per image allowed). Without a CSV, or for an image it does
 not list, the whole image is one box: the bundle then segments the full image at patch resolution.
+
+Inference never writes inside its input folder and never replaces a file unless ``--overwrite True``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["IMAGE_SUFFIXES", "image_folder_records", "MaskWriter"]
+__all__ = ["IMAGE_SUFFIXES", "PRED_SUFFIX", "image_folder_records", "check_output_dir", "MaskWriter"]
 
 logger = logging.getLogger("breastseg.inference")
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png")
+#: the stem suffix of every predicted mask (``<stem>_pred.png``): never a dataset's mask naming
+PRED_SUFFIX = "_pred"
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -79,23 +83,71 @@ def image_folder_records(dataset_dir: str | Path, roi_file: str | Path | None = 
     return records
 
 
+def check_output_dir(output_dir: str | Path, input_dir: str | Path | None) -> None:
+    """Refuse an output folder inside the input folder: inference never writes into a dataset."""
+    if input_dir is None:
+        return
+    output, source = Path(output_dir).resolve(), Path(input_dir).resolve()
+    if output == source or source in output.parents:
+        raise ValueError(
+            f"--output_dir {output_dir} is inside the input folder {input_dir}: inference never writes into its "
+            "input (a dataset's own masks could be replaced). Give an --output_dir outside it"
+        )
+
+
 class MaskWriter:
-    """Paste patch predictions back into their image and write ``<stem>_mask.png`` and ``.nii.gz``.
+    """Paste patch predictions back into their image and write ``<stem>_pred.png`` and ``<stem>_pred.nii.gz``.
+
+    The ``_pred`` names cannot be taken for a dataset's masks (BUSI names its ground truth ``<stem>_mask.png``).
+    ``output_dir`` must lie outside ``input_dir``; a file already there is never replaced unless ``overwrite``
+    (checked for every planned output when the run starts, before any prediction).
 
     Expects batch size 1 (one patch per iteration) and an engine output whose ``pred`` holds
     probabilities; the batch carries ``roi_box``, ``lesion_index``, ``lesion_count`` and the image
     metadata (``filename_or_obj``, ``spatial_shape``, ``original_affine``).
     """
 
-    def __init__(self, output_dir: str | Path, threshold: float = 0.5) -> None:
+    #: suffixes of the files written per image
+    output_suffixes: tuple[str, ...] = (PRED_SUFFIX + ".png", PRED_SUFFIX + ".nii.gz")
+
+    def __init__(
+        self, output_dir: str | Path, threshold: float = 0.5, input_dir: str | Path | None = None, overwrite: bool = False
+    ) -> None:
+        check_output_dir(output_dir, input_dir)
         self.output_dir = Path(output_dir)
         self.threshold = threshold
+        self.overwrite = overwrite
         self._patches: dict[str, list[tuple[torch.Tensor, list[int]]]] = defaultdict(list)
         self.written: list[Path] = []
 
     def attach(self, engine: Engine) -> None:
         if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if not engine.has_event_handler(self.refuse_existing_outputs, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self.refuse_existing_outputs)
+
+    def planned_outputs(self, engine: Engine) -> list[Path]:
+        """The files this run will write (from the records of the engine's dataset)."""
+        loader = getattr(engine.state, "dataloader", None) or getattr(engine, "data_loader", None)
+        records = getattr(getattr(loader, "dataset", None), "data", None) or []
+        stems = {Path(str(record["image"])).stem for record in records if isinstance(record, dict) and "image" in record}
+        return [self.output_dir / f"{stem}{suffix}" for stem in sorted(stems) for suffix in self.output_suffixes]
+
+    def refuse_existing_outputs(self, engine: Engine) -> None:
+        existing = [path for path in self.planned_outputs(engine) if path.exists()]
+        if existing and not self.overwrite:
+            raise FileExistsError(
+                f"{len(existing)} output file(s) already in {self.output_dir} (first: {existing[0].name}); "
+                "pass --overwrite True to replace them, or give another --output_dir"
+            )
+
+    def _target(self, name: str) -> Path:
+        """``output_dir / name``, refused when it exists and ``overwrite`` is off."""
+        path = self.output_dir / name
+        if path.exists() and not self.overwrite:
+            raise FileExistsError(f"{path} already exists; pass --overwrite True to replace it, or give another --output_dir")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        return path
 
     def __call__(self, engine: Engine) -> None:
         from breastseg.transforms import paste_back
@@ -122,10 +174,9 @@ class MaskWriter:
         import nibabel as nib
         from PIL import Image
 
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        png = self.output_dir / f"{source.stem}_mask.png"
+        png = self._target(f"{source.stem}{PRED_SUFFIX}.png")
         Image.fromarray(mask * 255).save(png)
-        nifti = self.output_dir / f"{source.stem}_mask.nii.gz"
+        nifti = self._target(f"{source.stem}{PRED_SUFFIX}.nii.gz")
         # NIfTI is x-first: store (columns, rows) with the spacing on the matching axes
         nifti_affine = np.diag([float(affine[1, 1]), float(affine[0, 0]), 1.0, 1.0])
         nib.save(nib.Nifti1Image(mask.T.copy(), nifti_affine), nifti)

@@ -1,7 +1,7 @@
 """Inference output of paper 002's pipeline: per mammogram, the full-resolution mask, an overlay and the boxes.
 
 :class:`PipelineMaskWriter` is the inference evaluator's handler. For each mammogram it writes
-``<stem>_mask.png`` / ``<stem>_mask.nii.gz`` (as :class:`~breastseg.workflows.inference.MaskWriter`, on the
+``<stem>_pred.png`` / ``<stem>_pred.nii.gz`` (as :class:`~breastseg.workflows.inference.MaskWriter`, on the
 original grid), ``<stem>_overlay.png`` (the mammogram with the found boxes in red and the mask contours in
 green) and, once all are done, ``boxes.csv`` (``image, x0, y0, x1, y1, score``; an image with no row had no
 detection, and its mask is empty).
@@ -52,12 +52,22 @@ class PipelineMaskWriter(MaskWriter):
         output_dir: folder of the outputs.
         inferer: the evaluator's :class:`~breastseg.workflows.two_stage.PatchPasteInferer` (its boxes).
         threshold: probability at or above which a pixel is mass.
+        input_dir, overwrite: as :class:`~breastseg.workflows.inference.MaskWriter` (``boxes.csv`` included).
 
     Expects an evaluator with ``decollate=False`` whose ``pred`` holds the pasted probabilities.
     """
 
-    def __init__(self, output_dir: str | Path, inferer: Any, threshold: float = 0.5) -> None:
-        super().__init__(output_dir, threshold)
+    output_suffixes = (*MaskWriter.output_suffixes, "_overlay.png")
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        inferer: Any,
+        threshold: float = 0.5,
+        input_dir: str | Path | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__(output_dir, threshold, input_dir, overwrite)
         self.inferer = inferer
         self.boxes: list[dict[str, Any]] = []
 
@@ -74,7 +84,7 @@ class PipelineMaskWriter(MaskWriter):
             mask = (probabilities[index, 0] >= self.threshold).cpu().numpy().astype(np.uint8)
             self.written += self._write(source, mask, affines[index].numpy())
             picture = overlay(images[index, 0].cpu().numpy(), mask, result.detections)
-            path = self.output_dir / f"{source.stem}_overlay.png"
+            path = self._target(f"{source.stem}_overlay.png")
             cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             self.written.append(path)
             if not result.detected:
@@ -82,9 +92,11 @@ class PipelineMaskWriter(MaskWriter):
             for x0, y0, x1, y1, score in result.detections if result.detected else []:
                 self.boxes.append({"image": source.name, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "score": score})
 
+    def planned_outputs(self, engine: Engine) -> list[Path]:
+        return [*super().planned_outputs(engine), self.output_dir / "boxes.csv"]
+
     def write_boxes(self, engine: Engine) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = self.output_dir / "boxes.csv"
+        path = self._target("boxes.csv")
         with open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["image", "x0", "y0", "x1", "y1", "score"])
             writer.writeheader()

@@ -22,18 +22,26 @@ __all__ = ["WholeImageMaskWriter"]
 
 
 class WholeImageMaskWriter(MaskWriter):
-    """Write ``<stem>_mask.png`` and ``<stem>_mask.nii.gz`` of each image on its original grid.
+    """Write ``<stem>_pred.png`` and ``<stem>_pred.nii.gz`` of each image on its original grid.
 
     Args:
         output_dir: folder of the masks.
         chain: the preprocessing chain the images went through (its invertible steps are undone).
         threshold: probability at or above which a pixel is lesion.
+        input_dir, overwrite: as :class:`~breastseg.workflows.inference.MaskWriter`.
 
     Expects an evaluator with ``decollate=False`` whose ``pred`` holds probabilities (after the sigmoid).
     """
 
-    def __init__(self, output_dir: str | Path, chain: Compose, threshold: float = 0.5) -> None:
-        super().__init__(output_dir, threshold)
+    def __init__(
+        self,
+        output_dir: str | Path,
+        chain: Compose,
+        threshold: float = 0.5,
+        input_dir: str | Path | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__(output_dir, threshold, input_dir, overwrite)
         self.chain = chain
 
     def __call__(self, engine: Engine) -> None:

@@ -107,7 +107,7 @@ def test_inference_writes_whole_image_masks(workspace, trained, tmp_path):
     from PIL import Image
 
     header = pydicom.dcmread(source, stop_before_pixels=True)
-    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_mask.png"))
+    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_pred.png"))
     assert mask.shape == (header.Rows, header.Columns) and set(np.unique(mask)) <= {0, 255}
 
 

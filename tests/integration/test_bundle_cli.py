@@ -176,10 +176,10 @@ def test_inference_writes_masks_aligned_with_the_images(workspace, trained, tmp_
     from PIL import Image
 
     rows, cols = pydicom.dcmread(source, stop_before_pixels=True)[0x00280010].value, pydicom.dcmread(source, stop_before_pixels=True)[0x00280011].value
-    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_mask.png"))
+    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_pred.png"))
     assert mask.shape == (rows, cols)
     assert set(np.unique(mask)) <= {0, 255}
-    assert (tmp_path / "masks" / "mammogram_mask.nii.gz").is_file()
+    assert (tmp_path / "masks" / "mammogram_pred.nii.gz").is_file()
 
 
 def test_inference_with_cpu_amp_writes_the_same_masks(workspace, trained, tmp_path):
@@ -194,7 +194,7 @@ def test_inference_with_cpu_amp_writes_the_same_masks(workspace, trained, tmp_pa
             "--ckpt_dir", str(workspace["root"] / "models"), "--image_size", "32", "--amp", amp,
         )
         assert_ok(result)
-        masks[amp] = [np.asarray(Image.open(path)) for path in sorted((tmp_path / amp).glob("*_mask.png"))]
+        masks[amp] = [np.asarray(Image.open(path)) for path in sorted((tmp_path / amp).glob("*_pred.png"))]
     assert len(masks["True"]) == 2
     for full, mixed in zip(masks["False"], masks["True"]):
         assert full.shape == mixed.shape and np.mean(full == mixed) > 0.99

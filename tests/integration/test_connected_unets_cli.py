@@ -104,11 +104,11 @@ def test_inference_writes_masks_on_the_original_grid_and_quarantines_a_blank_ima
     import pydicom
 
     header = pydicom.dcmread(source, stop_before_pixels=True)
-    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_mask.png"))
+    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_pred.png"))
     assert mask.shape == (header.Rows, header.Columns) and set(np.unique(mask)) <= {0, 255}
     (entry,) = json.loads((tmp_path / "masks" / "quarantine.json").read_text())
     assert entry["case_id"] == "blank" and "no breast found" in entry["reason"]
-    assert not (tmp_path / "masks" / "blank_mask.png").exists()
+    assert not (tmp_path / "masks" / "blank_pred.png").exists()
 
 
 def test_inbreast_layout_trains_with_another_variant(workspace):

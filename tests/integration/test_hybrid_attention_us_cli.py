@@ -131,7 +131,7 @@ def test_inference_writes_masks_the_size_of_the_images(workspace, trained, tmp_p
         "--ckpt_dir", str(workspace["root"] / "models"), "--image_size", "32",
     )
     assert_ok(result)
-    mask = np.asarray(Image.open(tmp_path / "masks" / "frame_mask.png"))
+    mask = np.asarray(Image.open(tmp_path / "masks" / "frame_pred.png"))
     assert mask.shape == np.asarray(Image.open(source)).shape[:2]
     assert set(np.unique(mask)) <= {0, 255}
 

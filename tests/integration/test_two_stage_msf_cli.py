@@ -119,7 +119,7 @@ def test_inference_writes_the_full_resolution_mask_an_overlay_and_the_boxes(work
     from PIL import Image
 
     header = pydicom.dcmread(source, stop_before_pixels=True)
-    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_mask.png"))
+    mask = np.asarray(Image.open(tmp_path / "masks" / "mammogram_pred.png"))
     assert mask.shape == (header.Rows, header.Columns) and set(np.unique(mask)) <= {0, 255}
     picture = np.asarray(Image.open(tmp_path / "masks" / "mammogram_overlay.png"))
     assert picture.shape == (header.Rows, header.Columns, 3)

@@ -44,12 +44,12 @@ def test_mask_writer_undoes_padding_and_resizing(tmp_path):
     writer = WholeImageMaskWriter(tmp_path / "masks", chain)
     writer.attach(engine)
     engine.run([batch], max_epochs=1)
-    mask = np.asarray(Image.open(tmp_path / "masks" / "mammo_mask.png")) > 0
+    mask = np.asarray(Image.open(tmp_path / "masks" / "mammo_pred.png")) > 0
     assert mask.shape == lesion.shape
     # back on the original 120 x 80 grid (the padding alone is 20 px): same place and extent, up to the 64 px round trip
     assert np.allclose(np.argwhere(mask).mean(axis=0), np.argwhere(lesion).mean(axis=0), atol=1.5)
     assert (mask & lesion).sum() / (mask | lesion).sum() > 0.8
-    assert (tmp_path / "masks" / "mammo_mask.nii.gz").is_file()
+    assert (tmp_path / "masks" / "mammo_pred.nii.gz").is_file()
 
 
 def write_eval(folder, auc=0.8):
