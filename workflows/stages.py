@@ -5,14 +5,19 @@ detector's training first through the real ``python -m monai.bundle`` command (:
 evaluation and inference configs build the trained detector from ``detector.json`` itself (:func:`stage_content`),
 so the detector is defined once. Both receive the values the stages share (data, split, folders, seed, tracking)
 from the calling config; only the keys the stage config has are passed on.
+
+A stage runs in the caller's process group and never outlives it: a caller stopped by SIGTERM or Ctrl-C stops
+the stage first, and on Linux a caller killed outright takes the stage along (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -100,6 +105,41 @@ def run_stage(
     for key, value in stage_overrides(config_file, shared, overrides).items():
         command += [f"--{key}", _command_line_value(value)]
     logger.info("stage: %s", " ".join(command[1:]))
-    completed = subprocess.run(command, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"stage {config_file} ({run_id}) failed with exit code {completed.returncode}")
+    returncode = _run_child(command)
+    if returncode != 0:
+        raise RuntimeError(f"stage {config_file} ({run_id}) failed with exit code {returncode}")
+
+
+def _stop_with_parent() -> None:
+    """In the child, before ``exec`` (Linux): receive SIGTERM when the parent dies, even by SIGKILL."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _run_child(command: list[str]) -> int:
+    """Run ``command`` in this process's group and return its exit code; a parent stopped by SIGTERM,
+    SIGINT or any exception stops it first (and one killed outright takes it along, on Linux)."""
+    linux = sys.platform.startswith("linux")
+    child = subprocess.Popen(command, preexec_fn=_stop_with_parent if linux else None)  # noqa: PLW1509 (no threads yet)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
+    try:
+        return child.wait()
+    except BaseException:
+        logger.warning("stopping the stage (process %d)", child.pid)
+        child.terminate()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
