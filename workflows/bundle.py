@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from breastseg.workflows.errors import UserKeyError, UserTypeError, UserValueError, install_excepthook
 from breastseg.workflows.tracking import PROJECT_ROOT
 
 __all__ = [
@@ -41,7 +42,7 @@ logger = logging.getLogger("breastseg.bundle")
 #: record keys passed to the chains (everything else is metadata, kept for reports)
 PIPELINE_KEYS = ("image", "label", "label_format", "case_id", "default_spacing")
 #: ``python -m monai.bundle run`` arguments that are not config overrides
-_RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "tracking", "args_file", "init_id", "run_id", "final_id"}
+_RUN_ARGUMENTS = {"config_file", "meta_file", "logging_file", "tracking", "args_file", "init_id", "run_id", "final_id", "debug"}
 
 
 def locate_bundle(name: str) -> str:
@@ -148,7 +149,7 @@ def _prepare_datalist(
         if Path(existing["root"]).resolve() == root.resolve() and existing.get("seed") == seed and same_split:
             return existing
         if not replace:
-            raise ValueError(
+            raise UserValueError(
                 f"{target} holds the split of another run (folder {existing['root']}, seed {existing.get('seed')}, "
                 f"{existing_split}); this run asks for folder {root}, seed {seed}, {wanted}. "
                 "Evaluate or resume with the training run's --dataset_dir, --seed, --folds, --val_fraction, "
@@ -285,8 +286,10 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     """Refuse a ``python -m monai.bundle run`` override whose key is unknown or whose type is wrong.
 
     MONAI adds an unknown key silently (a typo such as ``--max_epoch 2`` would train 100 epochs).
-    The keys and default values come from the config files named by ``--config_file``.
+    The keys and default values come from the config files named by ``--config_file``. First installs
+    the hook that reports such errors in one line (:mod:`breastseg.workflows.errors`).
     """
+    install_excepthook()
     cli = _cli_config(argv)
     if cli is None:
         return
@@ -294,13 +297,20 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     for key, given in overrides.items():
         config_id = key.replace("::", "#")
         if config_id not in parser:
-            raise KeyError(f"unknown override --{key}: {config_file} has no config id {config_id!r}")
+            raise UserKeyError(f"unknown override --{key}: {config_file} has no config id {config_id!r}{_suggestion(key, parser)}")
         default = parser[config_id]
         if not _compatible(default, given):
-            raise TypeError(
+            raise UserTypeError(
                 f"override --{key} {given!r} is a {_type_name(given)}, but {config_id!r} is a {_type_name(default)} "
                 f"(default {default!r})"
             )
+
+
+def _suggestion(key: str, parser: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, [str(k) for k in parser.get()], n=1)
+    return f"; did you mean --{close[0]}?" if close else "; see the config file for the ids it has"
 
 
 def run_config(argv: Sequence[str] | None = None) -> dict[str, Any]:

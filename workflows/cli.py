@@ -262,6 +262,7 @@ def _run_cross_dataset(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="breastseg", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or BREASTSEG_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_datalist(sub)
@@ -274,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from breastseg.workflows.errors import install_excepthook
+
+    install_excepthook()  # a user error ends in one line (--debug: the traceback)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

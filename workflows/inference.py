@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from breastseg.workflows.errors import UserFileExistsError, UserFileNotFoundError, UserValueError
+
 __all__ = ["IMAGE_SUFFIXES", "PRED_SUFFIX", "image_folder_records", "check_output_dir", "MaskWriter"]
 
 logger = logging.getLogger("breastseg.inference")
@@ -65,13 +67,16 @@ def image_folder_records(dataset_dir: str | Path, roi_file: str | Path | None = 
     """One record per DICOM/PNG image directly in ``dataset_dir`` (masks named ``*_mask*`` skipped)."""
     folder = Path(dataset_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"inference input folder {folder} does not exist")
+        raise UserFileNotFoundError(f"inference input folder {folder} does not exist: give --dataset_dir the folder of the images")
     boxes = _read_boxes(roi_file) if roi_file else {}
     paths = sorted(
         p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem and p.is_file()
     )
     if not paths:
-        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} image in {folder}")
+        raise UserFileNotFoundError(
+            f"no {'/'.join(IMAGE_SUFFIXES)} image directly in {folder} (subfolders are not searched): give --dataset_dir "
+            "the folder that holds the images"
+        )
     unknown = set(boxes) - {p.name for p in paths}
     if unknown:
         raise ValueError(f"{roi_file} names image(s) not in {folder}: {sorted(unknown)[:5]}")
@@ -89,7 +94,7 @@ def check_output_dir(output_dir: str | Path, input_dir: str | Path | None) -> No
         return
     output, source = Path(output_dir).resolve(), Path(input_dir).resolve()
     if output == source or source in output.parents:
-        raise ValueError(
+        raise UserValueError(
             f"--output_dir {output_dir} is inside the input folder {input_dir}: inference never writes into its "
             "input (a dataset's own masks could be replaced). Give an --output_dir outside it"
         )
@@ -136,7 +141,7 @@ class MaskWriter:
     def refuse_existing_outputs(self, engine: Engine) -> None:
         existing = [path for path in self.planned_outputs(engine) if path.exists()]
         if existing and not self.overwrite:
-            raise FileExistsError(
+            raise UserFileExistsError(
                 f"{len(existing)} output file(s) already in {self.output_dir} (first: {existing[0].name}); "
                 "pass --overwrite True to replace them, or give another --output_dir"
             )
@@ -145,7 +150,7 @@ class MaskWriter:
         """``output_dir / name``, refused when it exists and ``overwrite`` is off."""
         path = self.output_dir / name
         if path.exists() and not self.overwrite:
-            raise FileExistsError(f"{path} already exists; pass --overwrite True to replace it, or give another --output_dir")
+            raise UserFileExistsError(f"{path} already exists; pass --overwrite True to replace it, or give another --output_dir")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         return path
 
