@@ -120,6 +120,11 @@ def case_key(case_id: str) -> str:
     return hashlib.sha256(case_id.encode()).hexdigest()[:12]
 
 
+class _NoBestMetricLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Got new best metric")
+
+
 class CaseReportWriter:
     """Per-case CSV, summary JSON and plots of an evaluation, logged to its MLflow run.
 
@@ -155,6 +160,9 @@ class CaseReportWriter:
         self.summary: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
+        # a test evaluation scores once: MONAI's "Got new best metric" line would only mislead
+        if not any(isinstance(f, _NoBestMetricLine) for f in engine.logger.filters):
+            engine.logger.addFilter(_NoBestMetricLine())
         if not engine.has_event_handler(self.reset, Events.EPOCH_STARTED):
             engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)

@@ -27,6 +27,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from breastseg.workflows.tracking import quiet_mlflow
+
+quiet_mlflow()
+
 __all__ = ["NetworkModel", "BundleModel", "log_bundle_model", "RegisterBestModel", "CANDIDATE_ALIAS"]
 
 logger = logging.getLogger("breastseg.registry")
@@ -41,7 +45,11 @@ class NetworkModel(mlflow.pyfunc.PythonModel):
 
     The network is never pickled: ``log_model`` loads the model once to check the input example and
     pickles the instance afterwards, which would store a second copy of the weights beside ``model.pt``.
+    ``predict`` has no type hints on purpose (MLflow would read them as a schema), so MLflow's type-hint
+    validation, and its advice to add hints on every run, are turned off.
     """
+
+    _skip_type_hint_validation = True  # read by mlflow.pyfunc.PythonModel.__init_subclass__
 
     def __getstate__(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "network"}

@@ -37,6 +37,7 @@ __all__ = [
     "default_tracking_uri",
     "prepare_sqlite_store",
     "unique_run_name",
+    "quiet_mlflow",
     "check_tracking_server",
     "loggable_params",
     "ResilientMLFlowHandler",
@@ -64,6 +65,34 @@ _PREPARED_STORES: set[str] = set()
 _UNSENT: dict[tuple, list[Metric]] = {}
 
 _FAST_FAIL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+class _DropMessages(logging.Filter):
+    """Drop log records whose message contains one of ``fragments``."""
+
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+def quiet_mlflow() -> None:
+    """Silence what MLflow says on every run that a user can do nothing about (set ``MLFLOW_*`` to override):
+
+    - the artifact-download progress bar (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``; logs are files, not terminals);
+    - the warning that a ``python_model`` is pickled: ours holds no weights and no user code (``NetworkModel``).
+
+    (MLflow's advice to type ``predict`` is turned off on the model class itself, in :mod:`~breastseg.workflows.registry`.)
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    if not any(isinstance(f, _DropMessages) for f in pyfunc_logger.filters):
+        pyfunc_logger.addFilter(_DropMessages("serialized using CloudPickle"))
+
+
+quiet_mlflow()
 
 
 def default_tracking_uri(project_root: str | Path | None = None) -> str:
