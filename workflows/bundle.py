@@ -23,6 +23,7 @@ from breastseg.workflows.tracking import PROJECT_ROOT
 
 __all__ = [
     "locate_bundle",
+    "bundle_summaries",
     "run_config",
     "PIPELINE_KEYS",
     "default_dataset_dir",
@@ -52,6 +53,30 @@ def locate_bundle(name: str) -> str:
         if candidate.name == name and (candidate / "configs" / "metadata.json").is_file():
             return str(candidate.resolve())
     raise FileNotFoundError(f"bundle {name!r} not found under {cwd / 'bundles'} or {PROJECT_ROOT / 'bundles'}")
+
+
+#: DICOM modality codes of ``metadata.json`` in words
+_MODALITIES = {"MG": "mammography", "US": "ultrasound"}
+
+
+def bundle_summaries(project_root: str | Path = PROJECT_ROOT) -> list[dict[str, str]]:
+    """One row per bundle of the project (by paper): name, paper, modality, default dataset, method."""
+    import json
+
+    rows = []
+    for metadata_file in sorted(Path(project_root).glob("bundles/*/configs/metadata.json")):
+        configs = metadata_file.parent
+        metadata = json.loads(metadata_file.read_text())
+        train = json.loads((configs / "train.json").read_text())
+        modality = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("modality", "")
+        rows.append({
+            "bundle": configs.parent.name,
+            "paper": str(train.get("paper", "")),
+            "modality": _MODALITIES.get(modality, modality),
+            "dataset": str(train.get("dataset", "")),
+            "method": metadata.get("name", ""),
+        })
+    return sorted(rows, key=lambda row: (row["paper"], row["bundle"]))
 
 
 def default_dataset_dir(dataset: str, project_root: str | Path = PROJECT_ROOT) -> str:

@@ -260,10 +260,38 @@ def _run_cross_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bundles(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bundles", help="list the bundles: paper, modality, default dataset, method")
+    p.set_defaults(func=_run_bundles)
+
+
+def _run_bundles(args: argparse.Namespace) -> int:
+    from breastseg.workflows.bundle import bundle_summaries
+
+    rows = bundle_summaries()
+    columns = ("bundle", "paper", "modality", "dataset", "method")
+    widths = {column: max(len(column), *(len(row[column]) for row in rows)) for column in columns}
+    for row in [dict(zip(columns, columns)), *rows]:
+        print("  ".join(row[column].ljust(widths[column]) for column in columns).rstrip())
+    print("train one: python -m monai.bundle run training --config_file bundles/<bundle>/configs/train.json")
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("breastseg")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="breastseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"breastseg {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or BREASTSEG_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_bundles(sub)
     _add_synth(sub)
     _add_datalist(sub)
     _add_demo(sub)

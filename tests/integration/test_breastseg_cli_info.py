@@ -1,0 +1,28 @@
+"""``breastseg bundles`` and ``breastseg --version`` through the installed console script."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+from bundle_cli import ROOT, assert_ok, breastseg_cli
+
+
+def test_bundles_lists_every_bundle_with_paper_modality_and_default_dataset():
+    result = breastseg_cli("bundles")
+    assert_ok(result)
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["bundle", "paper", "modality", "dataset", "method"]
+    listed = {line.split()[0]: line.split()[1:4] for line in lines[1:] if line and not line.startswith("train one")}
+    for metadata in (ROOT / "bundles").glob("*/configs/metadata.json"):
+        train = json.loads((metadata.parent / "train.json").read_text())
+        name = metadata.parent.parent.name
+        modality = "ultrasound" if train["dataset"] in ("busi", "udiat") else "mammography"
+        assert listed[name] == [train["paper"], modality, train["dataset"]], name
+
+
+def test_version_is_the_installed_package_version():
+    result = breastseg_cli("--version")
+    assert_ok(result)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert result.stdout.strip() == f"breastseg {version}"
