@@ -31,7 +31,12 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
+    import logging
+
     from breastseg.workflows.data.synthetic import generate
+
+    # progress: a bar on a terminal, these log lines otherwise (``--full-size`` takes minutes)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(name)s - %(message)s")
 
     summary = generate(args.layout, args.out, cases=args.cases, seed=args.seed, full_size=args.full_size)
     for key, value in summary.items():

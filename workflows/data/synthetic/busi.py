@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from breastseg.workflows.data.synthetic._progress import Progress
 from breastseg.workflows.data.synthetic._us_common import case_rng, frame_size, prepare_output_folder
 from breastseg.workflows.data.synthetic.ultrasound import render_ultrasound, sample_lesion_styles
 
@@ -91,10 +92,11 @@ def generate(out: Path, cases: int | None = None, seed: int = 0, full_size: bool
     extra_masks: list[str] = []
     rgba_masks: list[str] = []
     frames: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+    progress = Progress(sum(counts.values()), "busi: images")
     for pathology, count in counts.items():
         folder = root / pathology
         folder.mkdir(parents=True)
-        for number in range(1, count + 1):
+        for number in progress.over(range(1, count + 1)):
             stem = f"{pathology} ({number})"
             rng = case_rng(seed, _CLASS_KEYS[pathology], number)
             image_mode = "L" if number % 7 == 0 else "RGB"

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from breastseg.workflows.data.synthetic._dicom import SECONDARY_CAPTURE, DicomFields, derive_uid, write_dicom
+from breastseg.workflows.data.synthetic._progress import tracked
 from breastseg.workflows.data.synthetic.mammogram import MASS_STYLES, Mammogram, render_mammogram
 
 __all__ = ["MASS_HEADER", "CALC_HEADER", "DEFAULT_CASES", "MIN_CASES", "generate"]
@@ -174,7 +175,7 @@ def _plan(cases: int) -> tuple[list[_Film], list[_Image]]:
 
 def _render(films: list[_Film], seed: int, base_rows: int) -> list[Mammogram]:
     rendered = []
-    for index, film in enumerate(films):
+    for index, film in enumerate(tracked(films, "cbis-ddsm: rendering mammograms")):
         rng = np.random.default_rng([seed, index])
         rows = int(round(base_rows * rng.uniform(0.94, 1.06)))
         shape = (rows, int(round(rows * rng.uniform(0.55, 0.65))))
@@ -326,7 +327,7 @@ def generate(
     rendered = _render(films, seed, base_rows)
     writer = _Writer(out, seed, tree)
     lines: dict[tuple[str, str], list[tuple[tuple, str]]] = {}
-    for image in images:
+    for image in tracked(images, "cbis-ddsm: writing images"):
         film = rendered[image.film]
         pixels = _to_uint16(film.image)
         full_path = writer.series(image.folder, image.folder, "full mammogram images", [(pixels, "000000.dcm")])[0]

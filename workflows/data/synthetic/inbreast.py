@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from breastseg.workflows.data.synthetic._dicom import MAMMO_FOR_PRESENTATION, DicomFields, derive_uid, write_dicom
+from breastseg.workflows.data.synthetic._progress import tracked
 from breastseg.workflows.data.synthetic.mammogram import MASS_STYLES, Lesion, render_mammogram
 
 __all__ = ["TABLE_HEADER", "PLATE_SIZES", "DEFAULT_CASES", "MIN_CASES", "MASS_NAMES", "generate"]
@@ -197,7 +198,7 @@ def generate(
 
     images = _plan(cases, seed)
     table_lines, mass_counter, masses = [], 0, 0
-    for index, image in enumerate(images):
+    for index, image in enumerate(tracked(images, "inbreast: images")):
         shape = (int(round(image.plate[0] * scale)), int(round(image.plate[1] * scale)))
         rng = np.random.default_rng([seed, index])
         density = 1 + image.case % 4

@@ -21,6 +21,7 @@ from openpyxl import Workbook
 from PIL import Image
 from scipy import ndimage
 
+from breastseg.workflows.data.synthetic._progress import tracked
 from breastseg.workflows.data.synthetic._us_common import case_rng, frame_size, prepare_output_folder
 from breastseg.workflows.data.synthetic.ultrasound import render_ultrasound, sample_lesion_styles
 
@@ -70,7 +71,7 @@ def generate(out: Path, cases: int | None = None, seed: int = 0, full_size: bool
     (root / "GT").mkdir()
     rows: list[tuple[int, str, str]] = []
     soft_masks = 0
-    for number in range(1, cases + 1):
+    for number in tracked(range(1, cases + 1), "udiat: images"):
         rng = case_rng(seed, 3, number)
         pathology = pathology_of(number, cases)
         height, width = frame_size(rng, (501, 400), (90, 80), (344, 233), (753, 617), full_size)
