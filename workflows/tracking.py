@@ -54,7 +54,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: substrings of parameter names that are never logged (patient identifiers)
 _IDENTIFYING_KEYS = ("patientname", "patientid", "patient_id", "birthdate", "patients_name", "patients_birth")
 
-#: an unreachable server must fail fast: one try, short timeout (users can still override both)
 #: MLflow accepts at most 1000 metrics in one ``log_batch``
 _METRICS_PER_BATCH = 1000
 
@@ -64,6 +63,7 @@ _PREPARED_STORES: set[str] = set()
 #: metrics not yet sent, per run (tracking URI, experiment, run name)
 _UNSENT: dict[tuple, list[Metric]] = {}
 
+#: an unreachable server must fail fast: one try, short timeout (users can still override both)
 _FAST_FAIL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
