@@ -22,7 +22,9 @@ real handlers, validation and checkpoint at the bundle's intervals, MLflow on, i
   Dice, HD95 and the rest) on a lesion-like prediction and on a noisy one (early training), and the pixel ROC
   that evaluation adds, at the recipe's image size;
 - **start -> first step**: seconds from launching ``python -m monai.bundle run training`` to its first
-  training step (the second of two launches: synthetic data generated, files in the page cache).
+  training step (the second of two launches: synthetic data generated, the disk cache of the preprocessed
+  images written by the first);
+- **GPU utilisation**: on CUDA, ``nvidia-smi``'s mean utilisation over the harness run.
 
 On a CPU the real-network figures use ``--cpu_image_size`` (default 64; crop recipes crop that size out of
 images twice as large) so that the whole run stays within minutes on 2 cores, and times are CPU time of the
@@ -161,6 +163,31 @@ def epoch_timer(trainer: Any, device: str) -> dict[str, list[float]]:
     return times
 
 
+class GpuUtilisation:
+    """Mean GPU utilisation (``nvidia-smi``, sampled every 200 ms) while the ``with`` block runs; ``None`` on
+    a machine without ``nvidia-smi``."""
+
+    def __enter__(self) -> "GpuUtilisation":
+        import shutil
+
+        self.mean: float | None = None
+        self.process = None
+        if shutil.which("nvidia-smi"):
+            self.process = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200", "-i", "0"],
+                stdout=subprocess.PIPE, text=True,
+            )
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        output, _ = self.process.communicate()
+        samples = [float(line) for line in output.split() if line.strip().replace(".", "", 1).isdigit()]
+        self.mean = statistics.mean(samples) if samples else None
+
+
 def steady(values: list[float], totals: list[int]) -> float:
     """Images/s over the epochs after the first (the first pays warm-up), or all when there is one."""
     pairs = list(zip(values, totals))[1:] or list(zip(values, totals))
@@ -184,7 +211,8 @@ def harness_run(
                     handler["_disabled_"] = True
         trainer = parser.get_parsed_content("train#trainer")
         times = epoch_timer(trainer, device)
-        trainer.run()
+        with GpuUtilisation() as utilisation:
+            trainer.run()
         checkpointers = [h for h in parser.get_parsed_content("train#handlers") if type(h).__name__ == "EpochCheckpointer"]
         blocked = checkpointers[0].writer.blocked_seconds if checkpointers else []
         on_cpu = device == "cpu"  # CPU time of the training thread: other processes on the machine do not count
@@ -194,6 +222,7 @@ def harness_run(
             "step_images_per_wall_s": steady(times["steps"], times["images"]),
             "step_images_per_cpu_s": steady(times["steps_cpu"], times["images"]),
             "checkpoint_blocked_s": blocked,
+            "gpu_utilisation": utilisation.mean,
             "batch": next(iter(parser.get_parsed_content("train#dataloader"))),
             "trainer": trainer,
             "network": parser.get_parsed_content("model"),
@@ -396,6 +425,8 @@ def main() -> None:
                   f"{real_run['epoch_images_per_s'] / ceiling:.2f} (steps alone {real_run['step_images_per_s'] / ceiling:.2f})")
             print(f"  harness batch - plain tensor : {harness_extra:+9.2f} ms per forward+backward (64x64, batch {meta_batch}); "
                   f"a MetaTensor batch costs {meta_extra:+.2f} ms")
+            if real_run["gpu_utilisation"] is not None:
+                print(f"  GPU utilisation (nvidia-smi) : {real_run['gpu_utilisation']:9.0f} % over the harness run")
             if blocked:
                 later = statistics.median(blocked[1:]) if len(blocked) > 1 else blocked[0]
                 print(f"  trainer blocked by checkpoint: {later:9.3f} s per write (first, allocating: {blocked[0]:.3f} s)")
