@@ -57,3 +57,18 @@ def check_bit_depth(mode: str) -> tuple[list[str], str]:
     if bit_depth is None:
         return [], f"image mode {mode} (32-bit integer or float) states no bit depth to scale by; convert it to 8 or 16 bits"
     return (["image-16-bit"] if bit_depth == 16 else []), ""
+
+
+def usable_image(path: Path, case_id: str, result: IndexResult) -> tuple[tuple[int, int], list[str]] | None:
+    """``(size, flags)`` of an image file, or ``None`` once it is quarantined (unreadable, or a mode that states
+    no bit depth)."""
+    try:
+        size, mode = inspect_image(path)
+    except UNREADABLE as error:
+        result.quarantine_record(case_id, str(path), f"unreadable image: {error}")
+        return None
+    flags, reason = check_bit_depth(mode)
+    if reason:
+        result.quarantine_record(case_id, str(path), reason)
+        return None
+    return size, flags

@@ -28,10 +28,9 @@ from PIL import Image
 
 from breastseg.workflows.data.indexers._image_files import (
     UNREADABLE,
-    check_bit_depth,
     image_files_by_stem,
-    inspect_image,
     quarantine_shared_stem,
+    usable_image,
 )
 from breastseg.workflows.data.records import IndexResult
 from breastseg.workflows.data.splits import natural_key, remove_exact_duplicates
@@ -81,15 +80,10 @@ def _index_image(
     if not masks:
         result.quarantine_record(case_id, str(image), "no mask file (expected '<stem>_mask.png')")
         return None
-    try:
-        (width, height), image_mode = inspect_image(image)
-    except UNREADABLE as error:
-        result.quarantine_record(case_id, str(image), f"unreadable image: {error}")
+    checked = usable_image(image, case_id, result)
+    if checked is None:
         return None
-    depth_flags, reason = check_bit_depth(image_mode)
-    if reason:
-        result.quarantine_record(case_id, str(image), reason)
-        return None
+    (width, height), depth_flags = checked
     lesion_masks = 0
     flags = (["normal"] if pathology == "normal" else []) + depth_flags
     for mask in masks:

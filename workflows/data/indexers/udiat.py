@@ -25,10 +25,9 @@ from PIL import Image
 
 from breastseg.workflows.data.indexers._image_files import (
     UNREADABLE,
-    check_bit_depth,
     image_files_by_stem,
-    inspect_image,
     quarantine_shared_stem,
+    usable_image,
 )
 from breastseg.workflows.data.records import IndexResult, parse_missing
 from breastseg.workflows.data.splits import natural_key, remove_exact_duplicates
@@ -105,15 +104,10 @@ def _index_image(
     image: Path, gt: Path, labels: dict[str, dict[str, str | None]] | None, result: IndexResult
 ) -> dict[str, Any] | None:
     case_id = image.stem
-    try:
-        (width, height), mode = inspect_image(image)
-    except UNREADABLE as error:
-        result.quarantine_record(case_id, str(image), f"unreadable image: {error}")
+    checked = usable_image(image, case_id, result)
+    if checked is None:
         return None
-    depth_flags, reason = check_bit_depth(mode)
-    if reason:
-        result.quarantine_record(case_id, str(image), reason)
-        return None
+    (width, height), depth_flags = checked
     try:
         gt_size, gt_pixels = _inspect_gt(gt)
     except UNREADABLE as error:
