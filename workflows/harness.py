@@ -40,6 +40,7 @@ from monai.transforms import Compose
 from breastseg.workflows.checkpoint_writer import wait_for_pending_writes
 from breastseg.workflows.checkpoints import NonFiniteLossGuard
 from breastseg.workflows.datasets import plain_tensors
+from breastseg.workflows.loss_terms import loss_value
 from breastseg.workflows.precision import resolve_precision
 from breastseg.workflows.tracking import unique_trackers
 
@@ -52,7 +53,6 @@ __all__ = [
     "lr_schedule_handler",
     "progress_handlers",
     "seed_everything",
-    "loss_value",
     "plain_batch",
     "plain_input_batch",
     "every",
@@ -117,12 +117,6 @@ def lr_schedule_handler(lr_scheduler: Any, evaluator: Any = None, key_metric: st
         )
         return AttachToEvaluator(handler, evaluator)
     return LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=True)
-
-
-def loss_value(output: Any) -> float:
-    """The scalar training loss of a (non-decollated) trainer output."""
-    loss = output["loss"] if isinstance(output, dict) else output
-    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
 def every(steps: int):

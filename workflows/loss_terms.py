@@ -16,9 +16,16 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["LossTermsAverage"]
+__all__ = ["LossTermsAverage", "loss_value"]
 
 logger = logging.getLogger("breastseg.loss_terms")
+
+
+def loss_value(output: Any) -> float:
+    """The scalar training loss of a (non-decollated) trainer output, read from the device (log lines only:
+    the loop itself never calls it per step)."""
+    loss = output["loss"] if isinstance(output, dict) else output
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
 class LossTermsAverage:

@@ -32,6 +32,8 @@ from mlflow.entities import Metric, RunStatus, RunTag
 from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict, path_to_uri
 
+from breastseg.workflows.loss_terms import loss_value
+
 __all__ = [
     "PROJECT_ROOT",
     "default_tracking_uri",
@@ -404,8 +406,6 @@ def tracker(
         return None
     if role not in ("trainer", "validator", "evaluator"):
         raise ValueError(f"tracker role must be trainer, validator or evaluator, got {role!r}")
-    from breastseg.workflows.harness import loss_value
-
     common = dict(
         tracking_uri=tracking_uri,
         experiment_name=experiment_name,
