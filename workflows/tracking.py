@@ -197,6 +197,9 @@ class ResilientMLFlowHandler(MLFlowHandler):
 
     #: seconds between two attempts to reach a store that failed (each failed attempt costs a timeout)
     retry_interval = 30.0
+    #: seconds between two sends of iteration-level values (the training loss every few steps): in between
+    #: they wait in memory, so a training step never waits for the store; epoch values are sent at once
+    iteration_send_interval = 30.0
 
     def __init__(
         self,
@@ -223,6 +226,8 @@ class ResilientMLFlowHandler(MLFlowHandler):
         self._offline = False
         self._retry_at = 0.0
         self._engine: Any = None
+        self._in_iteration = False
+        self._sent_at = time.monotonic()
 
     @property
     def unsent_file(self) -> Path:
@@ -281,9 +286,19 @@ class ResilientMLFlowHandler(MLFlowHandler):
                 self._guard("sending the metrics kept during the outage", self._send_pending)
         return result
 
+    def iteration_completed(self, engine: Any) -> None:
+        self._in_iteration = True
+        try:
+            super().iteration_completed(engine)
+        finally:
+            self._in_iteration = False
+
     def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         timestamp = int(time.time() * 1000)
         self.pending.extend(Metric(key, float(value), timestamp, step or 0) for key, value in flatten_dict(metrics).items())
+        if self._in_iteration and time.monotonic() - self._sent_at < self.iteration_send_interval:
+            return
+        self._sent_at = time.monotonic()
         self._guard("metric logging", self._send_pending)
 
     def complete(self) -> None:

@@ -297,3 +297,31 @@ def test_a_second_run_fills_its_memory_cache_from_the_disk_cache(tmp_path):
     assert _CountedScale.calls == 4 and float(third[1]["image"].max()) == 18.0
     build(3.0)
     assert _CountedScale.calls == 7  # another setting: every record again
+
+
+def test_training_steps_never_wait_for_the_tracking_store(tmp_path):
+    """The loss every 10 steps waits in memory and reaches MLflow with the epoch's values (or after
+    ``iteration_send_interval`` seconds), each with its own step."""
+    from mlflow import MlflowClient
+
+    from breastseg.workflows.tracking import tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    run_tracker = tracker("trainer", uri, "feed", "feed-run", unsent_dir=tmp_path / "unsent")
+    net = _TwoHeadNet()
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+    loader = build_loader(SampleCacheDataset(_samples(24), Compose([]), track_meta=False), batch_size=1, shuffle=False)
+    trainer = build_trainer("cpu", 1, loader, net, optimizer, AWLoss(head_names=net.head_names), train_handlers=[run_tracker])
+    client = MlflowClient(uri)
+    seen_during_epoch = []
+
+    def look(engine) -> None:
+        run = client.search_runs([client.get_experiment_by_name("feed").experiment_id])[0]
+        seen_during_epoch.append(len(client.get_metric_history(run.info.run_id, "train_loss")))
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=22), look)
+    trainer.run()
+    assert seen_during_epoch == [0]  # steps 10 and 20 were logged, not yet sent
+    run = client.search_runs([client.get_experiment_by_name("feed").experiment_id])[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [10, 20]
+    assert client.get_metric_history(run.info.run_id, "train_epoch_loss")[0].step == 1
