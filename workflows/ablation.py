@@ -17,9 +17,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from breastseg.workflows import bundle_runs
+from breastseg.workflows.model_context import load_weights
 from breastseg.workflows.tracking import PROJECT_ROOT
 
 __all__ = ["bundle_settings", "parameter_count", "run_ablation", "run_cross_dataset"]
@@ -46,8 +45,8 @@ def bundle_settings(bundle: str, *ids: str) -> dict[str, Any]:
 
 
 def parameter_count(checkpoint: str | Path) -> int:
-    """Trained parameters in a ``model.pt`` state dict (batch-norm statistics left out)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    """Trained parameters in a ``model.pt`` (batch-norm statistics left out)."""
+    state = load_weights(checkpoint)
     return sum(int(v.numel()) for k, v in state.items() if not k.endswith(_BUFFER_SUFFIXES))
 
 
@@ -137,7 +136,8 @@ def run_cross_dataset(
         raise FileNotFoundError(f"no trained model at {models / 'model.pt'} (train first, or drop --no-train)")
     evaluation = dict(common)
     evaluation.update(
-        dataset=test_dataset, output_dir=str(out_root / test_dataset), val_fraction="0.0", test_fraction="0.0", eval_split="training"
+        dataset=test_dataset, output_dir=str(out_root / test_dataset), val_fraction="0.0", test_fraction="0.0", eval_split="training",
+        cross_dataset="True",
     )
     if test_dir:
         evaluation["dataset_dir"] = str(Path(test_dir).resolve())

@@ -2,8 +2,10 @@
 
 Two files in ``ckpt_dir``:
 
-- ``model.pt``: the network's ``state_dict`` at the best key validation metric (the model zoo's name;
-  ``ckpt_export`` and inference load it);
+- ``model.pt``: the network's weights at the best key validation metric (the model zoo's name), with the
+  training context when one is given: ``{"model": state_dict, "context": {...}}``
+  (:mod:`breastseg.workflows.model_context`; ``ckpt_export --key_in_ckpt model``, evaluation and inference
+  load it);
 - ``checkpoint_last.pt``: network, optimizer, LR scheduler and trainer state after the last completed
   epoch, plus the evaluator's best metric, so ``--resume`` continues exactly there.
 
@@ -30,6 +32,7 @@ from breastseg.workflows.checkpoint_writer import (
     atomic_torch_save,
     remove_stale_temporaries,
 )
+from breastseg.workflows.model_context import CONTEXT_KEY, WEIGHTS_KEY
 
 __all__ = [
     "BEST_MODEL_FILE",
@@ -109,6 +112,9 @@ class EpochCheckpointer:
         interval: write the last checkpoint every ``interval`` epochs and when the run ends (its last epoch or
             an early stop); 1 (every epoch) by default. A larger interval saves the write (three times the
             weights with Adam) on short epochs; a crash then loses up to ``interval`` epochs.
+        context: how the model is trained (plain values, :func:`~breastseg.workflows.model_context.training_context`),
+            saved in ``model.pt`` beside the weights with the epoch and the key metric's value; ``None`` writes a
+            bare state dict.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class EpochCheckpointer:
         lr_scheduler: Any = None,
         evaluator: Engine | None = None,
         interval: int = 1,
+        context: dict[str, Any] | None = None,
     ) -> None:
         if interval < 1:
             raise ValueError(f"checkpoint interval must be at least 1 epoch, got {interval}")
@@ -128,6 +135,7 @@ class EpochCheckpointer:
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.evaluator = evaluator
+        self.context = context
         self.writer = CheckpointWriter(check_finite=True)
         self._trainer: Engine | None = None
 
@@ -189,11 +197,18 @@ class EpochCheckpointer:
     def save_last(self, trainer: Engine) -> None:
         self._save(self.state(trainer), LAST_CHECKPOINT_FILE)
         if self.evaluator is None:
-            self._save(_unwrap(self.network).state_dict(), BEST_MODEL_FILE)
+            self._save(self.best_model(trainer.state.epoch, None), BEST_MODEL_FILE)
+
+    def best_model(self, epoch: int, metric: float | None) -> dict[str, Any]:
+        """What ``model.pt`` holds: the weights, with the context of this epoch when there is one."""
+        weights = _unwrap(self.network).state_dict()
+        if self.context is None:
+            return weights
+        return {WEIGHTS_KEY: weights, CONTEXT_KEY: {**self.context, "epoch": int(epoch), "key_metric_value": metric}}
 
     def save_best(self, evaluator: Engine) -> None:
         if evaluator.state.best_metric_epoch == evaluator.state.epoch:
-            self._save(_unwrap(self.network).state_dict(), BEST_MODEL_FILE)
+            self._save(self.best_model(evaluator.state.best_metric_epoch, float(evaluator.state.best_metric)), BEST_MODEL_FILE)
             logger.info(
                 "saved %s (key metric %.4f at epoch %d)",
                 self.ckpt_dir / BEST_MODEL_FILE,

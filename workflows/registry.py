@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from breastseg.workflows.model_context import load_weights
 from breastseg.workflows.tracking import quiet_mlflow
 
 quiet_mlflow()
@@ -69,8 +70,7 @@ class BundleModel(NetworkModel):
         if trained_with.is_file():  # the network settings the weights were trained with
             parser.update(json.loads(trained_with.read_text()))
         self.network = parser.get_parsed_content("network_def")
-        state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
-        self.network.load_state_dict(state)
+        self.network.load_state_dict(load_weights(bundle / "models" / "model.pt"))
         self.network.eval()
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema

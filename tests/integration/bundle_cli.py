@@ -52,7 +52,7 @@ def export_checkpoint(bundle: str, checkpoint: Path, target: Path) -> subprocess
     configs = ROOT / "bundles" / bundle / "configs"
     return bundle_cli(
         "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(checkpoint),
-        "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
+        "--key_in_ckpt", "model", "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
+from breastseg.workflows.model_context import load_weights
 from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, find_runs, train, workspace_overrides
 from mlflow_server import running_mlflow_server
 
@@ -71,7 +72,7 @@ def test_registered_model_serves_the_best_weights(workspace, trained, monkeypatc
     model = mlflow.pyfunc.load_model("models:/brems_net@candidate")
     probabilities = model.predict(np.random.rand(2, 1, 64, 64).astype(np.float32))
     assert probabilities.shape == (2, 1, 64, 64) and 0.0 <= probabilities.min() <= probabilities.max() <= 1.0
-    weights = torch.load(workspace["root"] / "models" / "model.pt", weights_only=True)
+    weights = load_weights(workspace["root"] / "models" / "model.pt")
     served = model.unwrap_python_model().network.state_dict()
     assert all(torch.equal(served[key], value) for key, value in weights.items())
 
@@ -168,5 +169,5 @@ def test_crop_training_with_hard_negatives_recalibrates_on_a_subset(workspace, t
     extra += ["--bn_recalibration", "True", "--bn_recalibration_images", "2"]
     result = train(TRAIN, [*paths, *SMALL, *extra], workspace, epochs=1)
     assert "batch norm recalibrated on 2 whole training images" in result.stdout + result.stderr
-    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    state = load_weights(tmp_path / "models" / "model.pt")
     assert all(torch.isfinite(value).all() for key, value in state.items() if key.endswith("running_var"))

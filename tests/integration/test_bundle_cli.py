@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from breastseg.workflows.data.synthetic import cbis_ddsm
+from breastseg.workflows.model_context import load_weights
 from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, find_runs, run_command, train, workspace_overrides
 from mlflow_server import free_port, running_mlflow_server
 
@@ -82,7 +83,7 @@ def test_best_model_is_registered_with_candidate_alias_and_runs(workspace, train
     probabilities = model.predict(np.random.rand(2, 1, 32, 32).astype(np.float32))
     assert probabilities.shape == (2, 1, 32, 32)
     assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
-    weights = torch.load(workspace["root"] / "models" / "model.pt", weights_only=True)
+    weights = load_weights(workspace["root"] / "models" / "model.pt")
     served = model.unwrap_python_model().network.state_dict()
     assert all(torch.equal(served[key], value) for key, value in weights.items())
     # the weights are stored once, as the bundle's model.pt, not pickled again with the served model
@@ -169,7 +170,7 @@ def test_inference_writes_masks_aligned_with_the_images(workspace, trained, tmp_
     (images / "mammogram.dcm").write_bytes(source.read_bytes())
     result = bundle_cli(
         "run", "inference", "--config_file", INFERENCE, "--dataset_dir", str(images), "--output_dir", str(tmp_path / "masks"),
-        "--ckpt_dir", str(workspace["root"] / "models"), "--image_size", "32",
+        "--ckpt_dir", str(workspace["root"] / "models"),
     )
     assert_ok(result)
     import pydicom
@@ -180,6 +181,23 @@ def test_inference_writes_masks_aligned_with_the_images(workspace, trained, tmp_
     assert mask.shape == (rows, cols)
     assert set(np.unique(mask)) <= {0, 255}
     assert (tmp_path / "masks" / "mammogram_pred.nii.gz").is_file()
+
+
+def test_inference_refuses_another_image_size_than_the_trained_one(workspace, trained, tmp_path):
+    context = torch.load(workspace["root"] / "models" / "model.pt", weights_only=True)["context"]
+    assert context["settings"]["image_size"] == 32 and context["dataset"] == "cbis-ddsm" and context["epoch"] in (1, 2)
+    images = tmp_path / "images"
+    images.mkdir()
+    source = next((workspace["data"]).rglob("*full mammogram images*/1-1.dcm"))
+    (images / "mammogram.dcm").write_bytes(source.read_bytes())
+    result = bundle_cli(
+        "run", "inference", "--config_file", INFERENCE, "--dataset_dir", str(images), "--output_dir", str(tmp_path / "masks"),
+        "--ckpt_dir", str(workspace["root"] / "models"), "--image_size", "64",
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "image_size=32" in last and "image_size=64" in last
+    assert not (tmp_path / "masks").exists() or not any((tmp_path / "masks").iterdir())
 
 
 def test_inference_with_cpu_amp_writes_the_same_masks(workspace, trained, tmp_path):
@@ -218,7 +236,7 @@ def test_multi_gpu_config_trains_with_gloo_on_cpu(workspace):
     result = run_command(command, tracking_uri=workspace["uri"])
     assert_ok(result)
     assert (out / "models" / "model.pt").is_file() and (out / "models" / "checkpoint_last.pt").is_file()
-    state = torch.load(out / "models" / "model.pt", weights_only=True)
+    state = load_weights(out / "models" / "model.pt")
     assert not any(key.startswith("module.") for key in state)  # saved without the DDP wrapper
 
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
+from breastseg.workflows.model_context import load_weights
 from bundle_cli import ROOT, assert_ok, bundle_cli, client, export_checkpoint, find_runs, train
 from mlflow_server import running_mlflow_server
 
@@ -58,7 +59,7 @@ def test_training_uses_the_papers_settings_and_is_tracked(workspace, trained):
     assert "BCEWithLogitsLoss" in run.data.params["loss._target_"]
     assert "official" in run.data.tags["split"]  # CBIS-DDSM's own test set
     assert [m.step for m in client(workspace).get_metric_history(run.info.run_id, "val_mean_dice")] == [1, 2]
-    state = torch.load(workspace["root"] / "cbis_models" / "model.pt", weights_only=True)
+    state = load_weights(workspace["root"] / "cbis_models" / "model.pt")
     assert any(key.startswith("encoder2.") for key in state) and any(".conv7." in key for key in state)  # ++ blocks
 
 
@@ -120,7 +121,7 @@ def test_inbreast_layout_trains_with_another_variant(workspace):
     (run,) = [r for r in runs(workspace, "train") if r.data.tags["dataset"] == "inbreast"]
     assert run.data.tags["variant"] == "plus" and "grouped-random" in run.data.tags["split"]
     assert "val_mean_dice" in run.data.metrics
-    state = torch.load(workspace["root"] / "inbreast_models" / "model.pt", weights_only=True)
+    state = load_weights(workspace["root"] / "inbreast_models" / "model.pt")
     assert not any(".conv7." in key for key in state)  # ConnectedUNets+ keeps the plain blocks
 
 
@@ -138,5 +139,5 @@ def test_crop_training_recalibrates_batch_norm_on_the_cached_whole_images(worksp
     result = train(TRAIN, [*overrides, "--train_crop", "16", "--bn_recalibration", "True"], workspace, epochs=1)
     log = result.stdout + result.stderr
     assert "batch norm recalibrated on" in log and "whole training images" in log
-    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    state = load_weights(tmp_path / "models" / "model.pt")
     assert all(torch.isfinite(value).all() for key, value in state.items() if key.endswith("running_var"))
