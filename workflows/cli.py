@@ -282,6 +282,25 @@ def _run_bundles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_promote(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "promote",
+        help="move a registered model's alias 'champion' to a version that beats the champion on the same dataset and split",
+    )
+    p.add_argument("model", help="registered model name (the bundle's name, e.g. unetplusplus_mammo)")
+    p.add_argument("version", help="the version to promote (see the MLflow UI, Models)")
+    p.add_argument("--force", action="store_true", help="promote even when it does not beat the champion")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI, else mlflow/mlruns.db)")
+    p.set_defaults(func=_run_promote)
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    from breastseg.workflows.registry import promote
+
+    print(promote(args.model, args.version, tracking_uri=args.tracking_uri, force=args.force))
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -304,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ablation(sub)
     _add_cross_dataset(sub)
     _add_compare(sub)
+    _add_promote(sub)
     return parser
 
 

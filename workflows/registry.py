@@ -1,4 +1,10 @@
-"""The MLflow model registry: a trained bundle as one registered model with the alias ``candidate``.
+"""The MLflow model registry: every training of a bundle is a new version of one registered model.
+
+Each version is tagged with what it was trained on (``dataset``, ``split_hash``, ``paper``, ``network``,
+``image_size``, ``key_metric`` and its validation value ``val_<key metric>``, read from ``model.pt``'s context).
+Aliases: ``candidate`` is the newest version overall, ``candidate-<dataset>`` the newest trained on that dataset,
+and ``champion`` moves only through :func:`promote` (``breastseg promote``): to a version that beats the current
+champion's validation metric on the same dataset and split, or with ``force``.
 
 The logged model is an MLflow ``pyfunc`` model whose artifact is the bundle itself (``configs/``,
 ``docs/``, ``LICENSE`` and ``models/model.pt``): loading it back rebuilds the network from the bundle's
@@ -27,15 +33,29 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from breastseg.workflows.model_context import load_weights
+from breastseg.workflows.errors import UserValueError
+from breastseg.workflows.model_context import load_checkpoint, load_weights
 from breastseg.workflows.tracking import quiet_mlflow
 
 quiet_mlflow()
 
-__all__ = ["NetworkModel", "BundleModel", "log_bundle_model", "RegisterBestModel", "CANDIDATE_ALIAS"]
+__all__ = [
+    "NetworkModel",
+    "BundleModel",
+    "log_bundle_model",
+    "RegisterBestModel",
+    "CANDIDATE_ALIAS",
+    "CHAMPION_ALIAS",
+    "candidate_alias",
+    "version_tags",
+    "promotion_verdict",
+    "promote",
+    "load_model",
+]
 
 logger = logging.getLogger("breastseg.registry")
 CANDIDATE_ALIAS = "candidate"
+CHAMPION_ALIAS = "champion"
 #: overrides of ``inference.json`` recording how the registered weights were trained
 TRAINED_WITH = "trained_with.json"
 _BUNDLE_PARTS = ("configs", "docs", "LICENSE")
@@ -126,11 +146,13 @@ def log_bundle_model(
     alias: str = CANDIDATE_ALIAS,
     network_settings: dict[str, Any] | None = None,
     python_model: mlflow.pyfunc.PythonModel | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Log the bundle with ``weights`` as the run's model, register it as ``model_name`` and set ``alias``.
 
     ``python_model`` serves it (default :class:`BundleModel`; a bundle with several networks, such as the
-    two-stage detector, passes its own).
+    two-stage detector, passes its own). The version gets ``tags`` and :func:`version_tags` of ``weights``;
+    when they name a dataset, the alias ``<alias>-<dataset>`` moves to it too.
 
     Returns ``{"model_uri", "version", "alias_uri"}``.
     """
@@ -151,9 +173,45 @@ def log_bundle_model(
             )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    client.set_registered_model_alias(model_name, alias, version)
-    logger.info("registered %s version %s as models:/%s@%s", model_name, version, model_name, alias)
-    return {"model_uri": info.model_uri, "version": version, "alias_uri": f"models:/{model_name}@{alias}"}
+    version_tag_values = {**(tags or {}), **version_tags(weights)}
+    for key, value in version_tag_values.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    aliases = [alias]
+    if version_tag_values.get("dataset"):
+        aliases.append(candidate_alias(version_tag_values["dataset"], alias))
+    for name in aliases:
+        client.set_registered_model_alias(model_name, name, version)
+    logger.info("registered %s version %s as %s", model_name, version, ", ".join(f"models:/{model_name}@{a}" for a in aliases))
+    return {"model_uri": info.model_uri, "version": version, "alias_uri": f"models:/{model_name}@{alias}", "aliases": aliases}
+
+
+def candidate_alias(dataset: str, alias: str = CANDIDATE_ALIAS) -> str:
+    """``candidate-cbis-ddsm``: the newest version trained on ``dataset`` (aliases take letters, digits, - and _)."""
+    return f"{alias}-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset.lower())
+
+
+def version_tags(weights: str | Path) -> dict[str, str]:
+    """Model-version tags from the training context of ``weights`` (none for a bare state dict)."""
+    _, context = load_checkpoint(weights)
+    if context is None:
+        return {}
+    settings = context.get("settings", {})
+    tags = {
+        "bundle": context.get("bundle"),
+        "bundle_version": context.get("bundle_version"),
+        "dataset": context.get("dataset"),
+        "split_hash": context.get("split_hash"),
+        "network": settings.get("network"),
+        "variant": settings.get("variant"),
+        "image_size": settings.get("image_size", settings.get("patch_size")),
+        "seed": context.get("seed"),
+        "epoch": context.get("epoch"),
+        "git_commit": context.get("git_commit"),
+        "key_metric": context.get("key_metric"),
+    }
+    if context.get("key_metric") and context.get("key_metric_value") is not None:
+        tags[str(context["key_metric"])] = f"{float(context['key_metric_value']):.6g}"
+    return {key: str(value) for key, value in tags.items() if value is not None}
 
 
 class RegisterBestModel:
@@ -202,6 +260,7 @@ class RegisterBestModel:
             logger.warning("no MLflow run is open: the model is not registered")
             return
         try:
+            run_tags = getattr(self.tracker, "tags", None) or {}
             self.result = log_bundle_model(
                 run_id,
                 self.bundle_root,
@@ -211,6 +270,84 @@ class RegisterBestModel:
                 self.tracker.client.tracking_uri,
                 network_settings=self.network_settings,
                 python_model=self.python_model,
+                tags={key: run_tags[key] for key in ("paper", "bundle", "dataset", "network") if key in run_tags},
             )
         except Exception as err:  # a lost server must not turn a finished training into a failure
             logger.warning("registering %s failed (%s: %s); the checkpoint is at %s", self.model_name, type(err).__name__, err, self.weights)
+
+
+def _metric(tags: dict[str, str]) -> tuple[str, float] | None:
+    name = tags.get("key_metric")
+    try:
+        return (name, float(tags[name])) if name and name in tags else None
+    except ValueError:
+        return None
+
+
+def promotion_verdict(candidate: dict[str, str], champion: dict[str, str] | None, champion_version: str | None) -> tuple[bool, str]:
+    """``(promote?, why)`` for a version with tags ``candidate`` against the champion's tags.
+
+    A version replaces the champion only when both were trained on the same dataset and split and its
+    validation key metric (higher is better: Dice, AP50) is strictly higher.
+    """
+    if champion is None:
+        return True, "there is no champion yet"
+    ours, theirs = _metric(candidate), _metric(champion)
+    for key in ("dataset", "split_hash"):
+        if candidate.get(key) is None or candidate.get(key) != champion.get(key):
+            return False, (
+                f"it was trained on {key} {candidate.get(key)!r} but the champion (version {champion_version}) on "
+                f"{champion.get(key)!r}, so their validation metrics are not comparable"
+            )
+    if ours is None or theirs is None or ours[0] != theirs[0]:
+        return False, f"its validation key metric ({ours}) cannot be compared with the champion's ({theirs}, version {champion_version})"
+    if ours[1] > theirs[1]:
+        return True, f"its {ours[0]} {ours[1]:.4f} beats the champion's {theirs[1]:.4f} (version {champion_version}) on the same dataset and split"
+    return False, f"its {ours[0]} {ours[1]:.4f} does not beat the champion's {theirs[1]:.4f} (version {champion_version})"
+
+
+def promote(model_name: str, version: str | int, tracking_uri: str | None = None, force: bool = False) -> str:
+    """Move the alias ``champion`` of ``model_name`` to ``version`` when :func:`promotion_verdict` allows it
+    (or ``force``); returns the reason, printed by ``breastseg promote``.
+
+    Raises:
+        UserValueError: no such version, or the version does not beat the champion (the message says why).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from breastseg.workflows.tracking import default_tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    version = str(version)
+    try:
+        candidate = client.get_model_version(model_name, version)
+    except MlflowException:
+        raise UserValueError(
+            f"{model_name} has no version {version} in {client.tracking_uri}: list them in the MLflow UI (Models) "
+            "or train the bundle first"
+        ) from None
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+    except MlflowException:
+        champion = None
+    if champion is not None and str(champion.version) == version:
+        return f"{model_name} version {version} is already the champion"
+    ok, why = promotion_verdict(candidate.tags, champion.tags if champion else None, str(champion.version) if champion else None)
+    if not ok and not force:
+        raise UserValueError(f"{model_name} version {version} is not promoted: {why}; pass --force to promote it anyway")
+    client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
+    message = f"{model_name} version {version} is now models:/{model_name}@{CHAMPION_ALIAS}: {why}"
+    return message + (" (--force)" if not ok else "")
+
+
+def load_model(name: str, tracking_uri: str | None = None) -> Any:
+    """An MLflow pyfunc model of the project's registry: ``load_model("unetplusplus_mammo@candidate")``.
+
+    ``name`` is ``<model>@<alias>``, ``<model>/<version>`` or a ``models:/`` URI. The store is
+    ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the project's own (``mlflow/mlruns.db``): nothing to export.
+    """
+    from breastseg.workflows.tracking import default_tracking_uri
+
+    uri = name if name.startswith("models:/") else f"models:/{name}"
+    with _tracking_uri(tracking_uri or default_tracking_uri()):
+        return mlflow.pyfunc.load_model(uri)

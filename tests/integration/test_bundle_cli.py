@@ -61,6 +61,7 @@ def test_training_writes_checkpoints_and_a_finished_run(workspace, trained):
     assert run.data.params["max_epochs"] == "2"
     assert run.data.params["network"] == "unetplusplus"
     assert run.data.tags["paper"] == "001" and run.data.tags["dataset"] == "cbis-ddsm"
+    assert run.data.tags["workflow"] == "train"  # as evaluation runs carry 'evaluate'
     history = client(workspace).get_metric_history(run.info.run_id, "val_mean_dice")
     assert [m.step for m in history] == [1, 2]
     assert [m.step for m in client(workspace).get_metric_history(run.info.run_id, "train_epoch_loss")] == [1, 2]
@@ -77,6 +78,9 @@ def test_best_model_is_registered_with_candidate_alias_and_runs(workspace, train
     version = client(workspace).get_model_version_by_alias("unetplusplus_mammo", "candidate")
     (run,) = runs(workspace, "train")
     assert version.run_id == run.info.run_id
+    assert client(workspace).get_model_version_by_alias("unetplusplus_mammo", "candidate-cbis-ddsm").version == version.version
+    assert version.tags["dataset"] == "cbis-ddsm" and version.tags["paper"] == "001" and version.tags["image_size"] == "32"
+    assert len(version.tags["split_hash"]) == 12 and 0.0 <= float(version.tags["val_mean_dice"]) <= 1.0
     # the environment, not mlflow.set_tracking_uri: that one would outlive this test (and this server)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
     model = mlflow.pyfunc.load_model("models:/unetplusplus_mammo@candidate")

@@ -1,0 +1,117 @@
+"""Registry lifecycle on a real MLflow SQLite store: every training a new tagged version, per-dataset
+candidate aliases, promotion of ``champion`` by the validation metric, and the project-store loader."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from breastseg.networks import build_network
+from breastseg.workflows import tracking
+from breastseg.workflows.errors import UserValueError
+from breastseg.workflows.model_context import split_hash, training_context
+from breastseg.workflows.registry import load_model, log_bundle_model, promote
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundles" / "unetplusplus_mammo"
+MODEL = "unetplusplus_mammo"
+SETTINGS = {
+    "network": "unetplusplus",
+    "network_kwargs": {"features": [4, 4, 4, 4, 4], "norm": "batch", "dropout": 0.0},
+    "in_channels": 1,
+    "image_size": 32,
+}
+SPLIT_A = {"training": [{"case_id": "a"}], "validation": [{"case_id": "b"}], "test": [{"case_id": "c"}]}
+SPLIT_B = {"training": [{"case_id": "x"}], "validation": [{"case_id": "y"}], "test": [{"case_id": "z"}]}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project folder with its own ``mlflow/settings.json`` store, and four registered trainings."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "mlflow").mkdir()
+    shutil.copy2(ROOT / "mlflow" / "settings.json", root / "mlflow" / "settings.json")
+    uri = "sqlite:///" + (root / "mlflow" / "mlruns.db").as_posix()
+    tracking.prepare_sqlite_store(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("breastseg-unetplusplus_mammo", artifact_location=(root / "artifacts").as_uri())
+    versions = {}
+    for name, dataset, split, dice in (
+        ("v1", "cbis-ddsm", SPLIT_A, 0.50),
+        ("v2", "cbis-ddsm", SPLIT_A, 0.60),
+        ("v3", "inbreast", SPLIT_B, 0.90),
+        ("v4", "cbis-ddsm", SPLIT_A, 0.55),
+    ):
+        network = build_network("unetplusplus", spatial_dims=2, in_channels=1, out_channels=1, **SETTINGS["network_kwargs"])
+        context = training_context(BUNDLE, SETTINGS, dataset, split, seed=0, key_metric="val_mean_dice")
+        weights = root / name / "model.pt"
+        weights.parent.mkdir()
+        torch.save({"model": network.state_dict(), "context": {**context, "epoch": 2, "key_metric_value": dice}}, weights)
+        run = client.create_run(experiment, tags={"workflow": "train"})
+        result = log_bundle_model(
+            run.info.run_id, BUNDLE, weights, MODEL, (1, 32, 32), uri, network_settings=SETTINGS, tags={"paper": "001"}
+        )
+        client.set_terminated(run.info.run_id)
+        versions[name] = result["version"]
+    return {"root": root, "uri": uri, "client": client, "versions": versions}
+
+
+def test_every_training_is_a_new_version_tagged_with_how_it_was_trained(project):
+    client, versions = project["client"], project["versions"]
+    assert len(set(versions.values())) == 4
+    tags = client.get_model_version(MODEL, versions["v3"]).tags
+    assert tags["dataset"] == "inbreast" and tags["split_hash"] == split_hash(SPLIT_B) and tags["paper"] == "001"
+    assert tags["network"] == "unetplusplus" and tags["image_size"] == "32" and tags["bundle_version"] == "0.1.0"
+    assert tags["key_metric"] == "val_mean_dice" and float(tags["val_mean_dice"]) == pytest.approx(0.90)
+
+
+def test_candidate_aliases_name_the_newest_version_overall_and_per_dataset(project):
+    client, versions = project["client"], project["versions"]
+    assert str(client.get_model_version_by_alias(MODEL, "candidate").version) == versions["v4"]
+    assert str(client.get_model_version_by_alias(MODEL, "candidate-cbis-ddsm").version) == versions["v4"]
+    assert str(client.get_model_version_by_alias(MODEL, "candidate-inbreast").version) == versions["v3"]
+
+
+def test_promotion_moves_champion_only_to_a_better_version_of_the_same_dataset_and_split(project):
+    client, versions, uri = project["client"], project["versions"], project["uri"]
+    assert "no champion yet" in promote(MODEL, versions["v1"], uri)
+    assert "beats the champion's 0.5000" in promote(MODEL, versions["v2"], uri)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == versions["v2"]
+    with pytest.raises(UserValueError, match="0.5500 does not beat the champion's 0.6000"):
+        promote(MODEL, versions["v4"], uri)
+    with pytest.raises(UserValueError, match="trained on dataset 'inbreast' but the champion .* 'cbis-ddsm'"):
+        promote(MODEL, versions["v3"], uri)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == versions["v2"]
+    assert "(--force)" in promote(MODEL, versions["v3"], uri, force=True)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == versions["v3"]
+
+
+def test_promote_command_refuses_in_one_line(project):
+    command = [str(Path(sys.executable).with_name("breastseg")), "promote", MODEL, project["versions"]["v1"], "--tracking-uri", project["uri"]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: ") and "is not promoted" in line and "--force" in line
+
+
+def test_load_model_finds_the_project_store_without_an_exported_uri(project, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "PROJECT_ROOT", project["root"])
+    before = mlflow.get_tracking_uri()
+    model = load_model("unetplusplus_mammo@candidate-inbreast")
+    assert mlflow.get_tracking_uri() == before
+    signature = model.metadata.get_input_schema().inputs[0]
+    assert tuple(signature.shape) == (-1, 1, 32, 32)  # the trained image_size
+    probabilities = model.predict(np.random.rand(2, 1, 32, 32).astype(np.float32))
+    assert probabilities.shape == (2, 1, 32, 32)
+    json.dumps(model.metadata.to_dict())  # the metadata is plain
