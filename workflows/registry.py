@@ -260,7 +260,7 @@ class RegisterBestModel:
             logger.warning("no MLflow run is open: the model is not registered")
             return
         try:
-            run_tags = getattr(self.tracker, "tags", None) or {}
+            run_tags = self.tracker.client.get_run(run_id).data.tags  # the tracker forgets tags once sent
             self.result = log_bundle_model(
                 run_id,
                 self.bundle_root,

@@ -115,3 +115,13 @@ def test_load_model_finds_the_project_store_without_an_exported_uri(project, mon
     probabilities = model.predict(np.random.rand(2, 1, 32, 32).astype(np.float32))
     assert probabilities.shape == (2, 1, 32, 32)
     json.dumps(model.metadata.to_dict())  # the metadata is plain
+
+
+def test_the_readme_snippet_runs_as_written(project, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "PROJECT_ROOT", project["root"])
+    readme = (ROOT / "README.md").read_text()
+    (snippet,) = [block for block in readme.split("```python\n")[1:] if "load_model(" in block.split("```")[0]]
+    namespace: dict = {}
+    exec(snippet.split("```")[0], namespace)
+    assert namespace["size"] == 32 and namespace["probabilities"].shape == (1, 1, 32, 32)
