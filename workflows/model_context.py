@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_weights",
     "trained_setting",
     "check_context",
+    "checkpoint_id",
     "TrainedModelLoader",
 ]
 
@@ -94,6 +96,7 @@ def training_context(
     """
     bundle_root = Path(bundle_root)
     return {
+        "training_id": uuid.uuid4().hex[:12],  # with the epoch, names this model.pt in the registry
         "bundle": bundle_root.name,
         "bundle_version": _bundle_version(bundle_root),
         "settings": json.loads(json.dumps(dict(settings))),  # plain values only (weights-only loading)
@@ -104,6 +107,13 @@ def training_context(
         "key_metric": key_metric,
         "git_commit": git_commit(bundle_root),
     }
+
+
+def checkpoint_id(context: Mapping[str, Any] | None) -> str | None:
+    """``<training id>-e<epoch>``: one ``model.pt`` of one training (the registry's ``checkpoint_id`` tag)."""
+    if not context or not context.get("training_id") or context.get("epoch") is None:
+        return None
+    return f"{context['training_id']}-e{int(context['epoch'])}"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any] | None]:

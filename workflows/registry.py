@@ -34,7 +34,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from breastseg.workflows.errors import UserValueError
-from breastseg.workflows.model_context import load_checkpoint, load_weights
+from breastseg.workflows.model_context import checkpoint_id, load_checkpoint, load_weights
 from breastseg.workflows.tracking import quiet_mlflow
 
 quiet_mlflow()
@@ -49,6 +49,7 @@ __all__ = [
     "candidate_alias",
     "version_tags",
     "promotion_verdict",
+    "TagEvaluatedModel",
     "promote",
     "load_model",
 ]
@@ -208,6 +209,7 @@ def version_tags(weights: str | Path) -> dict[str, str]:
         "epoch": context.get("epoch"),
         "git_commit": context.get("git_commit"),
         "key_metric": context.get("key_metric"),
+        "checkpoint_id": checkpoint_id(context),
     }
     if context.get("key_metric") and context.get("key_metric_value") is not None:
         tags[str(context["key_metric"])] = f"{float(context['key_metric_value']):.6g}"
@@ -274,6 +276,57 @@ class RegisterBestModel:
             )
         except Exception as err:  # a lost server must not turn a finished training into a failure
             logger.warning("registering %s failed (%s: %s); the checkpoint is at %s", self.model_name, type(err).__name__, err, self.weights)
+
+
+class TagEvaluatedModel:
+    """When an evaluation completes, tag the registered version of the evaluated ``model.pt`` with its metrics.
+
+    The version is the one whose ``checkpoint_id`` tag names the checkpoint that ``loader`` loaded. Tags are
+    ``<split>_<metric>`` (``test_mean_dice``), prefixed with the dataset when it is not the trained one
+    (``inbreast_training_mean_dice``). Nothing is tagged for a bare state dict or a checkpoint never registered;
+    a tracking failure is one warning (evaluation results stay on disk).
+
+    Args:
+        loader: the evaluation's :class:`~breastseg.workflows.model_context.TrainedModelLoader`.
+        model_name: registered model name (the bundle's name).
+        split: the evaluated split (``eval_split``).
+        tracking_uri: the MLflow store.
+        enabled: ``False`` on non-zero DDP ranks.
+    """
+
+    def __init__(self, loader: Any, model_name: str, split: str, tracking_uri: str | None = None, enabled: bool = True) -> None:
+        self.loader = loader
+        self.model_name = model_name
+        self.split = split
+        self.tracking_uri = tracking_uri
+        self.enabled = enabled
+        self.tagged: dict[str, str] = {}
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled and not engine.has_event_handler(self, Events.COMPLETED):
+            engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        identity = checkpoint_id(self.loader.context)
+        if identity is None:
+            return
+        prefix = self.split if self.loader.dataset in (None, self.loader.context.get("dataset")) else f"{self.loader.dataset}_{self.split}"
+        tags = {}
+        for name, value in engine.state.metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                tags[f"{prefix}_{name.removeprefix('val_')}"] = f"{float(value):.6g}"
+        try:
+            client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+            found = client.search_model_versions(f"name='{self.model_name}' AND tags.checkpoint_id='{identity}'")
+            for version in found:
+                for key, value in tags.items():
+                    client.set_model_version_tag(self.model_name, version.version, key, value)
+                logger.info("tagged %s version %s with %s", self.model_name, version.version, ", ".join(tags))
+        except Exception as err:  # a lost server must not fail a finished evaluation
+            logger.warning("tagging %s with the evaluation's metrics failed (%s: %s)", self.model_name, type(err).__name__, err)
+            return
+        if found:
+            self.tagged = tags
 
 
 def _metric(tags: dict[str, str]) -> tuple[str, float] | None:

@@ -19,7 +19,10 @@ from breastseg.networks import build_network
 from breastseg.workflows import tracking
 from breastseg.workflows.errors import UserValueError
 from breastseg.workflows.model_context import split_hash, training_context
-from breastseg.workflows.registry import load_model, log_bundle_model, promote
+from ignite.engine import Engine, Events
+
+from breastseg.workflows.model_context import TrainedModelLoader
+from breastseg.workflows.registry import TagEvaluatedModel, load_model, log_bundle_model, promote
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +67,19 @@ def project(tmp_path_factory):
         client.set_terminated(run.info.run_id)
         versions[name] = result["version"]
     return {"root": root, "uri": uri, "client": client, "versions": versions}
+
+
+def _evaluate(project, name: str, dataset: str, dice: float) -> TagEvaluatedModel:
+    """A real engine whose run loads ``name``'s model.pt and ends with ``dice`` as its key metric."""
+    network = build_network("unetplusplus", spatial_dims=2, in_channels=1, out_channels=1, **SETTINGS["network_kwargs"])
+    loader = TrainedModelLoader(project["root"] / name / "model.pt", network, SETTINGS, dataset=dataset, cross_dataset=True)
+    engine = Engine(lambda engine, batch: None)
+    loader.attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val_mean_dice=dice, val_hd95=3.5))
+    tagger = TagEvaluatedModel(loader, MODEL, "test", project["uri"])
+    tagger.attach(engine)
+    engine.run([0], max_epochs=1)
+    return tagger
 
 
 def test_every_training_is_a_new_version_tagged_with_how_it_was_trained(project):
@@ -125,3 +141,14 @@ def test_the_readme_snippet_runs_as_written(project, monkeypatch):
     namespace: dict = {}
     exec(snippet.split("```")[0], namespace)
     assert namespace["size"] == 32 and namespace["probabilities"].shape == (1, 1, 32, 32)
+
+
+def test_evaluation_tags_the_evaluated_version_with_its_test_metrics(project):
+    client, versions = project["client"], project["versions"]
+    tagger = _evaluate(project, "v2", "cbis-ddsm", 0.58)
+    tags = client.get_model_version(MODEL, versions["v2"]).tags
+    assert tags["test_mean_dice"] == "0.58" and tags["test_hd95"] == "3.5" and tagger.tagged
+    assert "test_mean_dice" not in client.get_model_version(MODEL, versions["v1"]).tags
+    _evaluate(project, "v2", "inbreast", 0.31)  # another dataset: its own tag, the test metric kept
+    tags = client.get_model_version(MODEL, versions["v2"]).tags
+    assert tags["inbreast_test_mean_dice"] == "0.31" and tags["test_mean_dice"] == "0.58"
