@@ -48,11 +48,15 @@ def find_runs(tracking_uri: str, experiment: str, workflow: str | None = None) -
 
 
 def export_checkpoint(bundle: str, checkpoint: Path, target: Path) -> subprocess.CompletedProcess:
-    """``ckpt_export`` of ``bundle``'s ``network_def`` (inference.json) with ``checkpoint`` to TorchScript ``target``."""
+    """``ckpt_export`` of ``bundle``'s ``network_def`` (inference.json) with ``checkpoint`` to TorchScript ``target``.
+
+    ``--ckpt_dir`` makes ``network_def`` take the settings ``checkpoint`` was trained with; ``--key_in_ckpt model``
+    picks its weights from the checkpoint (without it the load fails on the "context" entry).
+    """
     configs = ROOT / "bundles" / bundle / "configs"
     return bundle_cli(
         "ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", str(checkpoint),
-        "--key_in_ckpt", "model", "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
+        "--key_in_ckpt", "model", "--ckpt_dir", str(checkpoint.parent), "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
     )
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from breastseg.networks import build_network
 from breastseg.workflows.data.synthetic import cbis_ddsm
 from breastseg.workflows.model_context import load_weights
 from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, find_runs, run_command, train, workspace_overrides
@@ -231,7 +232,13 @@ def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     result = export_checkpoint("unetplusplus_mammo", workspace["root"] / "models" / "model.pt", target)
     assert_ok(result)
     scripted = torch.jit.load(str(target))
-    assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+    network = build_network("unetplusplus", spatial_dims=2, in_channels=1, out_channels=1, norm="batch", dropout=0.0)
+    network.load_state_dict(load_weights(workspace["root"] / "models" / "model.pt"))
+    image = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        difference = (scripted(image) - network.eval()(image)).abs().max().item()
+    print(f"TorchScript vs PyTorch max difference: {difference:.3g}")
+    assert difference < 1e-4  # the trained weights, not a fresh network
 
 
 def test_multi_gpu_config_trains_with_gloo_on_cpu(workspace):
