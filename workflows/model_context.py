@@ -35,6 +35,7 @@ __all__ = [
     "training_context",
     "load_checkpoint",
     "load_weights",
+    "read_context",
     "trained_setting",
     "check_context",
     "checkpoint_id",
@@ -138,8 +139,9 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
 _CONTEXTS: dict[tuple[str, int], dict[str, Any] | None] = {}
 
 
-def _context_of(path: Path) -> dict[str, Any] | None:
-    """The context of ``path`` (read once per file version), ``None`` when absent or bare."""
+def read_context(path: str | Path) -> dict[str, Any] | None:
+    """The context of ``path`` (read once per file version), ``None`` when absent or bare (no warning)."""
+    path = Path(path)
     if not path.is_file():
         return None
     key = (str(path.resolve()), path.stat().st_mtime_ns)
@@ -153,7 +155,7 @@ def trained_setting(ckpt_dir: str | Path, key: str, default: Any) -> Any:
     """The value of ``key`` the model in ``ckpt_dir`` was trained with (``dataset`` or one of its settings),
     or ``default`` when there is no model or it has no context: what a config uses for a value the user
     did not give."""
-    context = _context_of(Path(ckpt_dir) / "model.pt")
+    context = read_context(Path(ckpt_dir) / "model.pt")
     if context is None:
         return default
     if key == "dataset":

@@ -34,7 +34,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from breastseg.workflows.errors import UserValueError
-from breastseg.workflows.model_context import checkpoint_id, load_checkpoint, load_weights
+from breastseg.workflows.model_context import checkpoint_id, load_weights, read_context
 from breastseg.workflows.tracking import quiet_mlflow
 
 quiet_mlflow()
@@ -155,7 +155,7 @@ def log_bundle_model(
     two-stage detector, passes its own). The version gets ``tags`` and :func:`version_tags` of ``weights``;
     when they name a dataset, the alias ``<alias>-<dataset>`` moves to it too.
 
-    Returns ``{"model_uri", "version", "alias_uri"}``.
+    Returns ``{"model_uri", "version", "alias_uri", "aliases"}``.
     """
     bundle_root, weights = Path(bundle_root), Path(weights)
     if not weights.is_file():
@@ -193,7 +193,7 @@ def candidate_alias(dataset: str, alias: str = CANDIDATE_ALIAS) -> str:
 
 def version_tags(weights: str | Path) -> dict[str, str]:
     """Model-version tags from the training context of ``weights`` (none for a bare state dict)."""
-    _, context = load_checkpoint(weights)
+    context = read_context(weights)
     if context is None:
         return {}
     settings = context.get("settings", {})
