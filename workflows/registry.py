@@ -119,18 +119,21 @@ def _stage_bundle(bundle_root: Path, weights: Path, staging: Path, network_setti
 
 @contextmanager
 def _tracking_uri(uri: str | None) -> Iterator[None]:
-    """Point MLflow's fluent API at ``uri`` for a block, then restore the caller's setting (and the
-    ``MLFLOW_TRACKING_URI`` variable, which ``mlflow.set_tracking_uri`` also writes)."""
+    """Point MLflow's fluent API at ``uri`` for a block, then restore the caller's setting.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI``, so the caller's setting is that variable:
+    afterwards MLflow's own setting is cleared (``None``; pinning the URI resolved before would make MLflow ignore
+    the variable from then on) and the variable is put back.
+    """
     if not uri:
         yield
         return
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(None)
         if previous_env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:

@@ -126,6 +126,8 @@ def test_load_model_finds_the_project_store_without_an_exported_uri(project, mon
     before = mlflow.get_tracking_uri()
     model = load_model("unetplusplus_mammo@candidate-inbreast")
     assert mlflow.get_tracking_uri() == before
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert mlflow.get_tracking_uri() == "sqlite:///elsewhere.db"  # nothing pinned: the environment still decides
     signature = model.metadata.get_input_schema().inputs[0]
     assert tuple(signature.shape) == (-1, 1, 32, 32)  # the trained image_size
     probabilities = model.predict(np.random.rand(2, 1, 32, 32).astype(np.float32))
