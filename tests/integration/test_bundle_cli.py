@@ -194,7 +194,7 @@ def test_inference_writes_masks_aligned_with_the_images(workspace, trained, tmp_
 
 def test_inference_refuses_another_image_size_than_the_trained_one(workspace, trained, tmp_path):
     context = torch.load(workspace["root"] / "models" / "model.pt", weights_only=True)["context"]
-    assert context["settings"]["image_size"] == 32 and context["dataset"] == "cbis-ddsm" and context["epoch"] in (1, 2)
+    assert context["settings"]["image_size"] == 32 and context["dataset"] == "cbis-ddsm" and context["epoch"] >= 1  # 3 after the resume test
     images = tmp_path / "images"
     images.mkdir()
     source = next((workspace["data"]).rglob("*full mammogram images*/1-1.dcm"))
