@@ -68,8 +68,7 @@ class NonFiniteLossGuard:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
 
     def reset(self, engine: Engine) -> None:
-        self.steps: Any = 0
-        self.first_bad: Any = None  # the epoch's first step whose loss was not finite, -1 for none
+        self.first_bad: Any = None  # the epoch's first iteration whose loss was not finite, -1 for none
         self.bad_value: Any = None
 
     def update(self, engine: Engine) -> None:
@@ -81,20 +80,16 @@ class NonFiniteLossGuard:
         if self.first_bad is None:
             self.first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
             self.bad_value = torch.zeros((), device=loss.device)
-        self.steps = self.steps + 1 if isinstance(self.steps, torch.Tensor) else torch.full((), 1, device=loss.device)
         new = ~torch.isfinite(loss) & (self.first_bad < 0)
-        self.first_bad = torch.where(new, self.steps, self.first_bad)
+        # a Python number in torch.where travels as a kernel argument: no copy to the device, no sync
+        self.first_bad = torch.where(new, engine.state.iteration, self.first_bad)
         self.bad_value = torch.where(new, loss, self.bad_value)
 
     def check(self, engine: Engine) -> None:
-        if self.first_bad is None:
+        if self.first_bad is None or int(self.first_bad) < 0:
             return
-        step = int(self.first_bad)
-        if step < 0:
-            return
-        iteration = engine.state.iteration - int(self.steps) + step
         raise FloatingPointError(
-            f"training loss is {float(self.bad_value)} at epoch {engine.state.epoch}, iteration {iteration}; "
+            f"training loss is {float(self.bad_value)} at epoch {engine.state.epoch}, iteration {int(self.first_bad)}; "
             "stopping. The last good checkpoint is kept (lower the learning rate or check the data)."
         )
 

@@ -42,7 +42,7 @@ from breastseg.workflows.checkpoints import NonFiniteLossGuard
 from breastseg.workflows.datasets import plain_tensors
 from breastseg.workflows.loss_terms import loss_value
 from breastseg.workflows.precision import resolve_precision
-from breastseg.workflows.tracking import unique_trackers
+from breastseg.workflows.tracking import every, unique_trackers
 
 __all__ = [
     "build_trainer",
@@ -55,7 +55,6 @@ __all__ = [
     "seed_everything",
     "plain_batch",
     "plain_input_batch",
-    "every",
 ]
 
 logger = logging.getLogger("breastseg.harness")
@@ -117,11 +116,6 @@ def lr_schedule_handler(lr_scheduler: Any, evaluator: Any = None, key_metric: st
         )
         return AttachToEvaluator(handler, evaluator)
     return LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=True)
-
-
-def every(steps: int):
-    """An event filter true every ``steps`` events (MONAI handlers' ``iteration_log`` / ``epoch_log``)."""
-    return lambda engine, event: event % steps == 0
 
 
 def plain_batch(batchdata: Any, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> tuple[Any, Any]:

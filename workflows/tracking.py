@@ -45,6 +45,7 @@ __all__ = [
     "ResilientMLFlowHandler",
     "EndRunsOnFailure",
     "unique_trackers",
+    "every",
     "tracker",
 ]
 
@@ -394,8 +395,9 @@ def unique_trackers(handlers: Iterable[Any]) -> list[Any]:
     return [EndRunsOnFailure(trackers), *kept] if trackers else kept
 
 
-def _every(n: int):
-    return lambda engine, event: event % n == 0
+def every(steps: int):
+    """An event filter true every ``steps`` events (MONAI handlers' ``iteration_log`` / ``epoch_log``)."""
+    return lambda engine, event: event % steps == 0
 
 
 def tracker(
@@ -431,7 +433,7 @@ def tracker(
     )
     if role == "trainer":
         return ResilientMLFlowHandler(
-            iteration_log=_every(iteration_log_every),
+            iteration_log=every(iteration_log_every),
             epoch_log=True,
             tag_name="train_loss",
             output_transform=loss_value,
