@@ -183,7 +183,7 @@ class SampleCacheDataset(Dataset):
         if self.track_meta:
             sample = deepcopy(sample)
             return apply_transform(self.random, sample) if self.random.transforms else sample
-        sample = dict(plain_tensors(sample))
+        sample = plain_tensors(sample)  # a new dict: the cached one is never written
         if not isinstance(self.base, CacheDataset):  # disk or no cache: compact each sample as it is read
             sample = _compact_masks(sample, self.mask_keys)
         if not self.random.transforms:
