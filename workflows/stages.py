@@ -12,6 +12,7 @@ the stage first, and on Linux a caller killed outright takes the stage along (``
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -110,19 +111,20 @@ def run_stage(
         raise RuntimeError(f"stage {config_file} ({run_id}) failed with exit code {returncode}")
 
 
+_PR_SET_PDEATHSIG = 1
+# looked up in the parent: the child between fork and exec must not import (another thread may hold the import lock)
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def _stop_with_parent() -> None:
     """In the child, before ``exec`` (Linux): receive SIGTERM when the parent dies, even by SIGKILL."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _run_child(command: list[str]) -> int:
     """Run ``command`` in this process's group and return its exit code; a parent stopped by SIGTERM,
     SIGINT or any exception stops it first (and one killed outright takes it along, on Linux)."""
-    linux = sys.platform.startswith("linux")
-    child = subprocess.Popen(command, preexec_fn=_stop_with_parent if linux else None)  # noqa: PLW1509 (no threads yet)
+    child = subprocess.Popen(command, preexec_fn=_stop_with_parent if _PRCTL is not None else None)  # noqa: PLW1509
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
