@@ -69,9 +69,15 @@ def find_user_error(error: BaseException | None) -> UserError | None:
 
 def debug_requested(argv: Sequence[str] | None = None) -> bool:
     """``--debug`` on the command line (``--debug True`` for the bundle CLI) or ``BREASTSEG_DEBUG`` set to 1/true."""
-    argv = sys.argv[1:] if argv is None else argv
-    flag = any(arg == "--debug" or arg.startswith("--debug=") for arg in argv)
-    return flag or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    off = ("false", "0", "no")
+    for index, arg in enumerate(argv):
+        if arg.startswith("--debug="):
+            return arg.split("=", 1)[1].lower() not in off
+        if arg == "--debug":  # "--debug", "--debug True"; "--debug False" keeps it off
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            return following.lower() not in off
+    return os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
 
 
 def install_excepthook() -> None:
