@@ -51,23 +51,16 @@ class PipelineMaskWriter(MaskWriter):
     Args:
         output_dir: folder of the outputs.
         inferer: the evaluator's :class:`~breastseg.workflows.two_stage.PatchPasteInferer` (its boxes).
-        threshold: probability at or above which a pixel is mass.
-        input_dir, overwrite: as :class:`~breastseg.workflows.inference.MaskWriter` (``boxes.csv`` included).
+        writer_options: ``threshold``, ``input_dir``, ``overwrite`` of :class:`~breastseg.workflows.inference.MaskWriter`
+            (``boxes.csv`` included).
 
     Expects an evaluator with ``decollate=False`` whose ``pred`` holds the pasted probabilities.
     """
 
     output_suffixes = (*MaskWriter.output_suffixes, "_overlay.png")
 
-    def __init__(
-        self,
-        output_dir: str | Path,
-        inferer: Any,
-        threshold: float = 0.5,
-        input_dir: str | Path | None = None,
-        overwrite: bool = False,
-    ) -> None:
-        super().__init__(output_dir, threshold, input_dir, overwrite)
+    def __init__(self, output_dir: str | Path, inferer: Any, **writer_options: Any) -> None:
+        super().__init__(output_dir, **writer_options)
         self.inferer = inferer
         self.boxes: list[dict[str, Any]] = []
 

@@ -9,6 +9,7 @@ the original image, then writes it as :class:`~breastseg.workflows.inference.Mas
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,21 +28,13 @@ class WholeImageMaskWriter(MaskWriter):
     Args:
         output_dir: folder of the masks.
         chain: the preprocessing chain the images went through (its invertible steps are undone).
-        threshold: probability at or above which a pixel is lesion.
-        input_dir, overwrite: as :class:`~breastseg.workflows.inference.MaskWriter`.
+        writer_options: ``threshold``, ``input_dir``, ``overwrite`` of :class:`~breastseg.workflows.inference.MaskWriter`.
 
     Expects an evaluator with ``decollate=False`` whose ``pred`` holds probabilities (after the sigmoid).
     """
 
-    def __init__(
-        self,
-        output_dir: str | Path,
-        chain: Compose,
-        threshold: float = 0.5,
-        input_dir: str | Path | None = None,
-        overwrite: bool = False,
-    ) -> None:
-        super().__init__(output_dir, threshold, input_dir, overwrite)
+    def __init__(self, output_dir: str | Path, chain: Compose, **writer_options: Any) -> None:
+        super().__init__(output_dir, **writer_options)
         self.chain = chain
 
     def __call__(self, engine: Engine) -> None:
