@@ -28,6 +28,7 @@ from ignite.engine import Engine, Events
 from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
 
 from breastseg.workflows.metrics import METRIC_NAMES, LesionDice, reduce_case_table
+from breastseg.workflows.tracking import DropMessages
 
 __all__ = [
     "binary_postprocessing",
@@ -120,9 +121,7 @@ def case_key(case_id: str) -> str:
     return hashlib.sha256(case_id.encode()).hexdigest()[:12]
 
 
-class _NoBestMetricLine(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Got new best metric")
+_BEST_METRIC_LINE = ("Got new best metric",)
 
 
 class CaseReportWriter:
@@ -161,8 +160,8 @@ class CaseReportWriter:
 
     def attach(self, engine: Engine) -> None:
         # a test evaluation scores once: MONAI's "Got new best metric" line would only mislead
-        if not any(isinstance(f, _NoBestMetricLine) for f in engine.logger.filters):
-            engine.logger.addFilter(_NoBestMetricLine())
+        if not any(getattr(f, "fragments", None) == _BEST_METRIC_LINE for f in engine.logger.filters):
+            engine.logger.addFilter(DropMessages(*_BEST_METRIC_LINE))
         if not engine.has_event_handler(self.reset, Events.EPOCH_STARTED):
             engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)

@@ -46,6 +46,7 @@ __all__ = [
     "EndRunsOnFailure",
     "unique_trackers",
     "every",
+    "DropMessages",
     "tracker",
 ]
 
@@ -70,7 +71,7 @@ _UNSENT: dict[tuple, list[Metric]] = {}
 _FAST_FAIL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
-class _DropMessages(logging.Filter):
+class DropMessages(logging.Filter):
     """Drop log records whose message contains one of ``fragments``."""
 
     def __init__(self, *fragments: str) -> None:
@@ -91,8 +92,8 @@ def quiet_mlflow() -> None:
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     pyfunc_logger = logging.getLogger("mlflow.pyfunc")
-    if not any(isinstance(f, _DropMessages) for f in pyfunc_logger.filters):
-        pyfunc_logger.addFilter(_DropMessages("serialized using CloudPickle"))
+    if not any(isinstance(f, DropMessages) for f in pyfunc_logger.filters):
+        pyfunc_logger.addFilter(DropMessages("serialized using CloudPickle"))
 
 
 quiet_mlflow()
