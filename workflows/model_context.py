@@ -146,7 +146,8 @@ def read_context(path: str | Path) -> dict[str, Any] | None:
         return None
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     if key not in _CONTEXTS:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: only the small context is read, not the weights (the model loader reads those once)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         _CONTEXTS[key] = state.get(CONTEXT_KEY) if isinstance(state, dict) and WEIGHTS_KEY in state else None
     return _CONTEXTS[key]
 
