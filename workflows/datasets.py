@@ -28,11 +28,13 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, get_track_meta, set_track_meta
 from monai.data.meta_tensor import MetaTensor
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, Lambda, Randomizable, apply_transform
+from monai.utils.enums import MetaKeys, SpaceKeys, TraceKeys
 
 __all__ = ["SampleCacheDataset", "build_dataset", "build_loader", "auto_num_workers", "plain_tensors"]
 
@@ -100,6 +102,34 @@ def _split_chain(transform: Compose) -> tuple[Compose, Compose]:
     return Compose(transforms[:first_random]), Compose(transforms[first_random:])
 
 
+#: What a cached ``MetaTensor`` item needs beyond plain tensors to load with ``weights_only=True``: MONAI's
+#: metadata types and the numeric numpy arrays and scalars readers put in the metadata (no object arrays).
+_METADATA_GLOBALS = [
+    MetaTensor,
+    MetaKeys,
+    SpaceKeys,
+    TraceKeys,
+    np.ndarray,
+    np.dtype,
+    np._core.multiarray._reconstruct,
+    np._core.multiarray.scalar,
+    *(dtype for dtype in vars(np.dtypes).values() if isinstance(dtype, type) and dtype is not np.dtypes.ObjectDType),
+]
+
+
+class _MetadataPersistentDataset(PersistentDataset):
+    """``PersistentDataset`` whose cached ``MetaTensor`` items load weights-only.
+
+    Stock MONAI loads its cache with ``weights_only=True``, which refuses the ``MetaTensor`` class, takes the file
+    for corrupt, deletes it and preprocesses again: items with metadata (validation, evaluation, the detector)
+    were never read back from disk. Only MONAI's metadata types are allowed, for the cache reads alone.
+    """
+
+    def _cachecheck(self, item_transformed: Any) -> Any:
+        with torch.serialization.safe_globals(_METADATA_GLOBALS):
+            return super()._cachecheck(item_transformed)
+
+
 class SampleCacheDataset(Dataset):
     """Cache a chain's deterministic part per record and index the samples it produces.
 
@@ -164,7 +194,7 @@ class SampleCacheDataset(Dataset):
         logger.info("%d records -> %d samples", len(data), len(self.index))
 
     def _persistent(self, data: Sequence[dict], cache_dir: str | Path, track_meta: bool) -> PersistentDataset:
-        return PersistentDataset(
+        return _MetadataPersistentDataset(
             data,
             self.deterministic,
             cache_dir=cache_dir,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import unittest
+import unittest.mock
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
 from parameterized import parameterized
 from scipy import ndimage, stats
 
+from breastseg.workflows.metrics import surface
 from breastseg.workflows.metrics import (
     CASE_COLUMNS,
     LesionDice,
@@ -127,6 +129,32 @@ class TestCaseValues(unittest.TestCase):
         label[12, 29] = True
         self.assertEqual(union_bounding_box(pred, label), (slice(4, 14), slice(6, 30)))
         self.assertIsNone(union_bounding_box(torch.zeros(4, 4), torch.zeros(4, 4)))
+
+
+def _noisy_prediction(seed: int, shape: tuple[int, int], label: np.ndarray) -> np.ndarray:
+    """An untrained network's thresholded output: a third of all pixels scattered, tens of thousands of edges."""
+    return np.random.default_rng(seed).standard_normal(shape) + 1.5 * label - 0.5 > 0
+
+
+class TestLargeEdgeSets(unittest.TestCase):
+    """Past ``_EXACT_PAIRS`` only the distances that decide the percentile are computed: same values."""
+
+    @parameterized.expand([[0, (300, 257), None], [1, (260, 400), (0.07, 0.21)], [2, (301, 301), (1.5, 0.5)]])
+    def test_pruned_matches_exhaustive_and_stock_monai(self, seed, shape, spacing):
+        rows, cols = np.ogrid[: shape[0], : shape[1]]
+        label = np.hypot(rows - 0.4 * shape[0], cols - 0.6 * shape[1]) < 0.1 * min(shape)
+        pred = _noisy_prediction(seed, shape, label)
+        pred_t, label_t = torch.from_numpy(pred), torch.from_numpy(label)
+        self.assertGreater(int(surface.mask_edges(pred).sum()) * int(surface.mask_edges(label).sum()), surface._EXACT_PAIRS)
+        for percentile in (95.0, 50.0, 100.0, 99.9):
+            pruned = surface.hausdorff_distances(pred_t, label_t, percentile, (None, spacing))
+            with unittest.mock.patch.object(surface, "_EXACT_PAIRS", math.inf):  # one KD-tree query per direction
+                exhaustive = surface.hausdorff_distances(pred_t, label_t, percentile, (None, spacing))
+            self.assertEqual(pruned, exhaustive, percentile)
+        stock = HausdorffDistanceMetric(include_background=True, percentile=95)
+        kwargs = {} if spacing is None else {"spacing": [list(spacing)]}
+        expected = stock(_batch(pred), _batch(label), **kwargs)[0, 0].item()
+        self.assertEqual(surface.hausdorff_distances(pred_t, label_t, 95.0, (spacing,))[0][0], expected)
 
 
 class TestEmptyMaskRule(unittest.TestCase):

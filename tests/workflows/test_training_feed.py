@@ -6,6 +6,7 @@ a warm start from the disk cache."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,16 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.data import DataLoader, Dataset, MetaTensor
-from monai.transforms import Compose, MapTransform, RandCropByPosNegLabeld, RandFlipd, RandRotate90d
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    LoadImaged,
+    MapTransform,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandRotate90d,
+)
+from PIL import Image
 
 from breastseg.networks import AWLoss
 from breastseg.transforms.chains import _lesion_balanced_crop
@@ -325,3 +335,36 @@ def test_training_steps_never_wait_for_the_tracking_store(tmp_path):
     run = client.search_runs([client.get_experiment_by_name("feed").experiment_id])[0]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [10, 20]
     assert client.get_metric_history(run.info.run_id, "train_epoch_loss")[0].step == 1
+
+
+def test_items_with_metadata_are_read_back_from_the_disk_cache(tmp_path):
+    """Validation, evaluation and detector items keep MONAI metadata; their disk cache must load weights-only
+    (stock PersistentDataset took such files for corrupt, deleted them and preprocessed again at every launch)."""
+    records = []
+    for index in range(2):
+        path = tmp_path / f"image{index}.png"
+        Image.fromarray(np.full((6, 5), 40 * index, dtype=np.uint8)).save(path)
+        records.append({"image": str(path), "case_id": str(index)})
+    chain = Compose([LoadImaged("image", reader="PILReader", image_only=False), EnsureChannelFirstd("image"), _CountedMetadata()])
+    _CountedMetadata.calls = 0
+    first = SampleCacheDataset(records, chain, cache_dir=tmp_path / "cache", track_meta=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Corrupt cache file detected" must not appear
+        second = SampleCacheDataset(records, chain, cache_dir=tmp_path / "cache", track_meta=True)
+    assert _CountedMetadata.calls == 2  # the second dataset preprocessed nothing
+    assert isinstance(second[1]["image"], MetaTensor)
+    assert torch.equal(first[1]["image"], second[1]["image"])
+    assert second[1]["image"].meta["filename_or_obj"] == records[1]["image"]
+
+
+class _CountedMetadata(MapTransform):
+    """Counts the deterministic preprocessing calls of items that keep their metadata."""
+
+    calls = 0
+
+    def __init__(self) -> None:
+        super().__init__(("image",))
+
+    def __call__(self, data):
+        type(self).calls += 1
+        return dict(data)

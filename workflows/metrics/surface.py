@@ -13,6 +13,11 @@ distances are computed on the crop with array slicing and one coordinate listing
 ``get_mask_edges`` and ``get_surface_distance`` give the same arrays with a generic erosion and repeated
 ``argwhere``, several times slower on large lesions). Pixels outside the box are background in both masks,
 so the values equal the full-image ones; the tests check equality with stock ``HausdorffDistanceMetric``.
+
+A noisy early prediction has tens of thousands of edge pixels, and matching them all costs tens of
+milliseconds per image at every validation. Past ``_EXACT_PAIRS`` source x target pairs, a distance transform
+on 4 x 4 pixel blocks bounds every distance, and only the sources that can rank at or above the percentile
+are matched exactly, against the targets within their reach: the same numbers (tested), 5-6x less work.
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.spatial import KDTree
 
 __all__ = ["union_bounding_box", "binary_crop", "mask_edges", "hausdorff_distances", "image_diagonal"]
+
+#: Source x target pairs up to which one KD-tree query over all targets is the cheapest exact match.
+_EXACT_PAIRS = 1 << 18
+#: Block size of the coarse distance map that bounds every exact distance (see ``_coarse_bounds``).
+_BLOCK = 4
 
 
 def _raw_bytes(mask: torch.Tensor) -> torch.Tensor:
@@ -98,9 +109,71 @@ def mask_edges(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
-def _edge_coordinates(mask: np.ndarray) -> np.ndarray:
-    flat = np.flatnonzero(mask_edges(mask))
-    return np.stack(np.divmod(flat, mask.shape[1]), axis=1).astype(np.float64)
+def _pixel_list(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``mask`` and the ``(row, col)`` integer coordinates of its pixels (raster order)."""
+    flat = np.flatnonzero(mask)
+    return mask, np.stack(np.divmod(flat, mask.shape[1]), axis=1)
+
+
+def _coarse_bounds(
+    sources: np.ndarray, targets: np.ndarray, shape: tuple[int, int], scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds of each source pixel's distance to the nearest target pixel.
+
+    The targets are marked on a grid of ``_BLOCK`` x ``_BLOCK`` pixel blocks and an exact distance transform
+    runs on that (``_BLOCK``² times smaller) grid. A pixel and any target are each at most ``_BLOCK - 1``
+    pixels per axis from their block corners, so the true distance lies within ``(_BLOCK - 1) * hypot(scale)``
+    of the block distance.
+    """
+    blocks = np.ones((-(-shape[0] // _BLOCK), -(-shape[1] // _BLOCK)), dtype=bool)
+    target_cells = targets // _BLOCK
+    blocks[target_cells[:, 0], target_cells[:, 1]] = False  # zeros are what the transform measures to
+    block_distance = ndimage.distance_transform_edt(blocks, sampling=_BLOCK * scale)
+    cells = sources // _BLOCK
+    estimate = block_distance[cells[:, 0], cells[:, 1]]
+    margin = (_BLOCK - 1) * math.hypot(*scale)
+    return estimate - margin, estimate + margin
+
+
+def _targets_within(target_edges: np.ndarray, sources: np.ndarray, reach: float, scale: np.ndarray) -> np.ndarray:
+    """Pixel coordinates of the target edge pixels inside the box of ``sources`` grown by ``reach`` (scaled)."""
+    grow = np.ceil(reach / scale).astype(np.intp) + 1
+    top, left = np.maximum(sources.min(axis=0) - grow, 0)
+    bottom, right = sources.max(axis=0) + grow + 1
+    _, points = _pixel_list(target_edges[top:bottom, left:right])
+    return points + (top, left)
+
+
+def _directed_summary(
+    sources: np.ndarray, targets: np.ndarray, target_edges: np.ndarray, scale: np.ndarray, percentile: float
+) -> tuple[float, float]:
+    """``torch.quantile`` (float32) and maximum of the distances from each source to its nearest target.
+
+    Small sets are matched exactly with one KD-tree query, as MONAI does. For large ones (a noisy early
+    prediction has tens of thousands of edge pixels) only the distances that can decide the percentile
+    and the maximum are computed exactly: a source whose upper bound lies below the k-th largest lower bound
+    cannot be among the top k, and a target farther than every remaining source's upper bound cannot be
+    the nearest of any. The result is the same number at a fraction of the work.
+    """
+    count = len(sources)
+    quantile = torch.tensor(percentile / 100, dtype=torch.float32)
+    if count * len(targets) <= _EXACT_PAIRS:
+        distances = torch.as_tensor(KDTree(targets * scale, leafsize=32).query(sources * scale, k=1)[0], dtype=torch.float32)
+        return float(torch.quantile(distances, quantile)), float(distances.max())
+    # the ascending ranks torch.quantile interpolates between
+    rank = quantile * (count - 1)
+    below, above = int(rank), int(torch.ceil(rank))
+    lower, upper = _coarse_bounds(sources, targets, target_edges.shape, scale)
+    cutoff = np.partition(lower, below)[below]
+    cutoff -= 1e-9 * (1.0 + abs(cutoff))  # rounding of the bounds never drops a source that could rank
+    kept = upper >= cutoff
+    candidates = sources[kept]
+    near = _targets_within(target_edges, candidates, float(upper[kept].max()), scale)
+    exact = torch.as_tensor(KDTree(near * scale, leafsize=32).query(candidates * scale, k=1)[0], dtype=torch.float32)
+    ordered = exact.sort().values
+    dropped = count - len(ordered)  # every dropped distance ranks below every kept one
+    value = torch.lerp(ordered[below - dropped], ordered[above - dropped], rank - below)
+    return float(value), float(ordered[-1])
 
 
 def hausdorff_distances(
@@ -132,18 +205,16 @@ def hausdorff_distances(
     label_np = label.detach().cpu().numpy().astype(bool, copy=False)
     if not (pred_np.any() and label_np.any()):
         raise ValueError("hausdorff_distances needs two non-empty masks; empty masks follow the empty-mask rule.")
-    pred_points, label_points = _edge_coordinates(pred_np), _edge_coordinates(label_np)
+    pred_edges, pred_points = _pixel_list(mask_edges(pred_np))
+    label_edges, label_points = _pixel_list(mask_edges(label_np))
     results = []
     for spacing in spacings:
         scale = np.ones(2) if spacing is None else np.asarray(spacing, dtype=np.float64)
-        scaled_pred, scaled_label = pred_points * scale, label_points * scale
-        # leafsize 32 as MONAI: one batched query per tree
         directed = [
-            torch.as_tensor(KDTree(target, leafsize=32).query(source, k=1)[0], dtype=torch.float32)
-            for source, target in ((scaled_pred, scaled_label), (scaled_label, scaled_pred))
+            _directed_summary(pred_points, label_points, label_edges, scale, percentile),
+            _directed_summary(label_points, pred_points, pred_edges, scale, percentile),
         ]
-        quantile = max(float(torch.quantile(d, percentile / 100)) for d in directed)
-        results.append((quantile, max(float(d.max()) for d in directed)))
+        results.append((max(d[0] for d in directed), max(d[1] for d in directed)))
     return results
 
 
