@@ -247,6 +247,21 @@ class TestBadInput(CbisFixture):
         [entry] = [e for e in result.quarantine if e["case_id"] == case]
         self.assertIn("image file path is empty", entry["reason"])
 
+    def test_both_tables_quarantine_the_twin_of_a_quarantined_film(self):
+        # P_00029 LEFT CC is listed as a Mass- and a Calc- series: without the mass row, the calc image alone
+        # would teach the mass as background (and the other way round for P_00036 RIGHT CC)
+        self.edit_csv_row("mass_case_description_train_set.csv", "Mass-Training_P_00029_LEFT_CC", "1", "ROI mask file path", "")
+        self.edit_csv_row("calc_case_description_test_set.csv", "Calc-Test_P_00036_RIGHT_CC", "1", "ROI mask file path", "")
+        result = index_dataset("cbis-ddsm", self.copy, abnormality="both")
+        quarantined = {entry["case_id"]: entry["reason"] for entry in result.quarantine}
+        for case, twin in (("Calc-Training_P_00029_LEFT_CC", "Mass-Training_P_00029_LEFT_CC"),
+                           ("Mass-Training_P_00036_RIGHT_CC", "Calc-Test_P_00036_RIGHT_CC")):
+            self.assertIn(twin, quarantined)
+            self.assertIn(f"same patient, side and view as {twin}", quarantined[case])
+            self.assertNotIn(case, by_case(result))
+        self.assertEqual(result.duplicates, [])
+        self.assertEqual(len(result.records), 13 - 2)
+
     def test_csv_without_expected_columns(self):
         csv_path = self.copy / "mass_case_description_train_set.csv"
         csv_path.write_bytes(csv_path.read_bytes().replace(b"mass margins", b"margin", 1))

@@ -20,7 +20,8 @@ Rules (``shared/notes/datasets.md`` (beside the repository) section 1):
   extent is unknown without its mask, so no region could be masked out safely.
 * ``abnormality="both"`` indexes both tables; a film listed as a ``Mass-`` and a ``Calc-`` series
   (same patient, side and view) keeps the ``Mass-`` record, adds the ``Calc-`` masks to it when the
-  two images have the same size, and lists the ``Calc-`` image in ``IndexResult.duplicates``.
+  two images have the same size, and lists the ``Calc-`` image in ``IndexResult.duplicates``. When one of
+  the two images is quarantined, so is the other: alone it would teach the film's other lesions as background.
 
 Image-level values over several rows: ``birads`` is the highest assessment, ``pathology`` the most
 severe, ``subtlety`` the lowest (most subtle); every row's values are kept in ``abnormalities``.
@@ -328,6 +329,36 @@ def _film(record: dict[str, Any]) -> tuple[str, str, str]:
     return record["patient_id"], record["laterality"], record["view"]
 
 
+_CASE_FILM = re.compile(r"^(?:Mass|Calc)-(?:Training|Test)_(P_\d+)_(LEFT|RIGHT)_(CC|MLO)$")
+
+
+def _without_quarantined_films(records: list[dict[str, Any]], result: IndexResult) -> list[dict[str, Any]]:
+    """Quarantine the images of a film whose other table's image is quarantined (``abnormality="both"``).
+
+    A film listed in both tables has all its lesions only when both images are usable: the ``Calc-`` image
+    alone would teach the film's mass as background, and the other way round.
+    """
+    bad = {}
+    for entry in result.quarantine:
+        match = _CASE_FILM.match(entry["case_id"])
+        if match:
+            patient, side, view = match.groups()
+            bad.setdefault((patient, side[0], view), entry["case_id"])
+    kept = []
+    for record in records:
+        twin = bad.get(_film(record))
+        if twin is None or twin == record["case_id"]:
+            kept.append(record)
+            continue
+        result.quarantine_record(
+            record["case_id"],
+            record["image"],
+            f"same patient, side and view as {twin}, which is quarantined: the film's lesions of that table "
+            "would be taught as background",
+        )
+    return kept
+
+
 def _deduplicate(records: list[dict[str, Any]], result: IndexResult) -> list[dict[str, Any]]:
     """Drop ``Calc-`` images whose film is also a ``Mass-`` image, moving their masks onto it when sizes match."""
     mass_by_film = {_film(record): record for record in records if record["abnormality"] == "mass"}
@@ -396,5 +427,7 @@ def index(root: Path, abnormality: str = "mass", check_mask_content: bool = True
         record = _image_record(image_rows, disk, check_mask_content, result)
         if record is not None:
             records.append(record)
-    result.records = _deduplicate(records, result) if abnormality == "both" else records
+    if abnormality == "both":
+        records = _deduplicate(_without_quarantined_films(records, result), result)
+    result.records = records
     return result
