@@ -18,7 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from breastseg.workflows.errors import UserKeyError, UserTypeError, UserValueError, install_excepthook
+from breastseg.workflows.errors import (
+    UserFileNotFoundError,
+    UserKeyError,
+    UserTypeError,
+    UserValueError,
+    install_excepthook,
+)
 from breastseg.workflows.tracking import PROJECT_ROOT
 
 __all__ = [
@@ -60,7 +66,11 @@ _MODALITIES = {"MG": "mammography", "US": "ultrasound"}
 
 
 def bundle_summaries(project_root: str | Path = PROJECT_ROOT) -> list[dict[str, str]]:
-    """One row per bundle of the project (by paper): name, paper, modality, default dataset, method."""
+    """One row per bundle of the project (by paper): name, paper, modality, default dataset, method.
+
+    Raises:
+        UserFileNotFoundError: ``project_root`` has no bundle (e.g. a package installed without its clone).
+    """
     import json
 
     rows = []
@@ -76,6 +86,11 @@ def bundle_summaries(project_root: str | Path = PROJECT_ROOT) -> list[dict[str, 
             "dataset": str(train.get("dataset", "")),
             "method": metadata.get("name", ""),
         })
+    if not rows:
+        raise UserFileNotFoundError(
+            f"no bundle found under {Path(project_root) / 'bundles'}: the bundles are the bundles/ folder of a clone of "
+            "the project; install it from the clone (pip install -e .)"
+        )
     return sorted(rows, key=lambda row: (row["paper"], row["bundle"]))
 
 

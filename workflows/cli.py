@@ -275,7 +275,7 @@ def _run_bundles(args: argparse.Namespace) -> int:
 
     rows = bundle_summaries()
     columns = ("bundle", "paper", "modality", "dataset", "method")
-    widths = {column: max([len(column), *(len(row[column]) for row in rows)]) for column in columns}
+    widths = {column: max(len(column), *(len(row[column]) for row in rows)) for column in columns}
     for row in [dict(zip(columns, columns)), *rows]:
         print("  ".join(row[column].ljust(widths[column]) for column in columns).rstrip())
     print("train one: python -m monai.bundle run training --config_file bundles/<bundle>/configs/train.json")

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import tomllib
 
+import pytest
+
 from bundle_cli import ROOT, assert_ok, breastseg_cli
+
+from breastseg.workflows.bundle import bundle_summaries
+from breastseg.workflows.errors import UserError
 
 
 def test_bundles_lists_every_bundle_with_paper_modality_and_default_dataset():
@@ -26,3 +31,9 @@ def test_version_is_the_installed_package_version():
     assert_ok(result)
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert result.stdout.strip() == f"breastseg {version}"
+
+
+def test_no_bundle_found_is_one_line_naming_the_folder(tmp_path):
+    # a package installed without its clone has no bundles/ folder: say where we looked, not crash on max()
+    with pytest.raises(UserError, match=f"no bundle found under {tmp_path / 'bundles'}.*pip install -e"):
+        bundle_summaries(tmp_path)
