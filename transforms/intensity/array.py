@@ -9,7 +9,7 @@ import torch
 from monai.config import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.data.meta_obj import get_track_meta
-from monai.transforms import Transform
+from monai.transforms import ScaleIntensityRange, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
 from .functional import CLAHE_BINS, clahe, histogram_equalize, wiener_filter
@@ -130,5 +130,5 @@ class ScaleByBitDepth(Transform):
                 f"{name}: its file states no bit depth to scale by (got {bit_depth!r}); "
                 "convert it to an 8- or 16-bit image"
             )
-        img_t = convert_to_tensor(img, track_meta=get_track_meta())
-        return torch.clamp(img_t.float() / float(2**bit_depth - 1), 0.0, 1.0)
+        scale = ScaleIntensityRange(a_min=0.0, a_max=float(2**bit_depth - 1), b_min=0.0, b_max=1.0, clip=True, dtype=torch.float32)
+        return convert_to_tensor(scale(img), track_meta=get_track_meta())

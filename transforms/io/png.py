@@ -14,17 +14,20 @@ import numpy as np
 
 __all__ = ["read_png", "read_png_and_depth", "read_png_mask", "pil_bit_depth"]
 
-#: bits per value of the grey array read from each PIL mode (colour and 1-bit modes become 8-bit grey);
-#: ``I`` (32-bit integer) and ``F`` (float) state no range, so they have none
-_MODE_BITS = {
-    **dict.fromkeys(("1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr"), 8),
-    **dict.fromkeys(("I;16", "I;16B", "I;16L", "I;16N"), 16),
+#: per PIL mode: how the grey array is taken, and the bits per value of that array. Integer modes keep their
+#: values; colour, palette and 1-bit modes become 8-bit luma (alpha dropped); ``I`` (32-bit integer) and ``F``
+#: (float) state no range, so they have no bit depth
+_MODES = {
+    **dict.fromkeys(("I;16", "I;16B", "I;16L", "I;16N"), ("values", 16)),
+    **dict.fromkeys(("I", "F"), ("values", None)),
+    **dict.fromkeys(("1", "L", "P", "RGB", "CMYK", "YCbCr"), ("luma", 8)),
+    **dict.fromkeys(("LA", "RGBA", "PA"), ("luma without alpha", 8)),
 }
 
 
 def pil_bit_depth(mode: str) -> int | None:
     """Bits per value of the grey image read from a file opened by PIL in ``mode``; ``None`` when it has none."""
-    return _MODE_BITS.get(mode)
+    return _MODES.get(mode, (None, None))[1]
 
 
 def _open(path: str):
@@ -41,14 +44,14 @@ def _open(path: str):
 
 
 def _to_grey(img, path: str) -> np.ndarray:
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return np.asarray(img, dtype=np.float32)
-    if mode in ("L", "1", "P", "RGB", "CMYK", "YCbCr"):
-        return np.asarray(img.convert("L"), dtype=np.float32)
-    if mode in ("LA", "RGBA", "PA"):
-        return np.asarray(img.convert("RGBA").convert("RGB").convert("L"), dtype=np.float32)
-    raise ValueError(f"{path}: unsupported image mode {mode!r}")
+    if img.mode not in _MODES:
+        raise ValueError(f"{path}: unsupported image mode {img.mode!r}")
+    conversion = _MODES[img.mode][0]
+    if conversion == "luma without alpha":
+        img = img.convert("RGBA").convert("RGB")
+    if conversion != "values":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.float32)
 
 
 def read_png_and_depth(path: str | os.PathLike) -> tuple[np.ndarray, int | None]:
