@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import shutil
 import unittest
+import unittest.mock
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from breastseg.transforms import LoadBreastImage
 from breastseg.workflows.data.indexers import index_dataset
@@ -67,6 +68,22 @@ class TestIndexBusi(unittest.TestCase):
             [r["case_id"] for r in result.records],
             [f"benign ({n})" for n in range(1, 7)] + [f"malignant ({n})" for n in (1, 2, 3)] + ["normal (1)", "normal (2)"],
         )
+
+    def test_each_image_is_decoded_once(self):
+        # the duplicate check takes its pixel digest from the decode that proves the file readable
+        loads = []
+        original_load = ImageFile.ImageFile.load
+
+        def counted_load(image):
+            if image.tile:  # pixels not decoded yet
+                loads.append(Path(image.filename).name)
+            return original_load(image)
+
+        with unittest.mock.patch.object(ImageFile.ImageFile, "load", counted_load):
+            result = index_dataset("busi", self.out)
+        images = [Path(r["image"]).name for r in result.records] + [Path(d["path"]).name for d in result.duplicates]
+        self.assertEqual(len(images), 12)
+        self.assertEqual({name: loads.count(name) for name in images}, dict.fromkeys(images, 1))
 
     def test_record_contract_and_multi_mask_listing(self):
         records = {r["case_id"]: r for r in index_dataset("busi", self.out).records}

@@ -43,13 +43,18 @@ def natural_key(text: str) -> tuple:
 
 
 def pixel_digest(path: str | Path) -> str:
-    """SHA-256 of an image's decoded pixels, independent of how a grey picture was stored.
+    """SHA-256 of an image's decoded pixels, independent of how a grey picture was stored (:func:`image_digest`)."""
+    with Image.open(path) as image:
+        return image_digest(image)
+
+
+def image_digest(image: Image.Image) -> str:
+    """SHA-256 of the pixels of an opened image, independent of how a grey picture was stored.
 
     RGB(A) whose colour channels are equal and whose alpha is fully opaque hashes like the one-channel
     image, so ``benign (2).png`` stored RGB and a copy stored ``L`` are the same picture.
     """
-    with Image.open(path) as image:
-        pixels = np.asarray(image)
+    pixels = np.asarray(image)
     if pixels.ndim == 3 and pixels.shape[2] in (2, 4) and (pixels[..., -1] == np.iinfo(pixels.dtype).max).all():
         pixels = pixels[..., :-1]
     if pixels.ndim == 3 and (pixels == pixels[..., :1]).all():

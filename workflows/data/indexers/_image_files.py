@@ -10,7 +10,7 @@ from PIL import Image
 from breastseg.transforms.io import PIL_SUFFIXES
 from breastseg.transforms.io.png import pil_bit_depth
 from breastseg.workflows.data.records import IndexResult
-from breastseg.workflows.data.splits import natural_key
+from breastseg.workflows.data.splits import image_digest, natural_key
 
 __all__ = ["UNREADABLE", "image_files_by_stem", "inspect_image", "quarantine_shared_stem", "check_bit_depth"]
 
@@ -43,11 +43,12 @@ def quarantine_shared_stem(stem: str, images: list[Path], masks: list[Path], res
         result.quarantine_record(stem, str(path), reason)
 
 
-def inspect_image(path: Path) -> tuple[tuple[int, int], str]:
-    """``(size, mode)``; decoding the pixels proves the file is complete whatever its format."""
+def inspect_image(path: Path) -> tuple[tuple[int, int], str, str]:
+    """``(size, mode, pixel digest)``; decoding the pixels proves the file is complete whatever its format, and
+    the digest (:func:`~breastseg.workflows.data.splits.image_digest`) comes from the same decode."""
     with Image.open(path) as image:
         image.load()
-        return image.size, image.mode
+        return image.size, image.mode, image_digest(image)
 
 
 def check_bit_depth(mode: str) -> tuple[list[str], str]:
@@ -59,11 +60,14 @@ def check_bit_depth(mode: str) -> tuple[list[str], str]:
     return (["image-16-bit"] if bit_depth == 16 else []), ""
 
 
-def usable_image(path: Path, case_id: str, result: IndexResult) -> tuple[tuple[int, int], list[str]] | None:
+def usable_image(
+    path: Path, case_id: str, result: IndexResult, digests: dict[str, str]
+) -> tuple[tuple[int, int], list[str]] | None:
     """``(size, flags)`` of an image file, or ``None`` once it is quarantined (unreadable, or a mode that states
-    no bit depth)."""
+    no bit depth). The pixel digest of a usable image goes into ``digests`` (by path) for
+    :func:`~breastseg.workflows.data.splits.remove_exact_duplicates`, so no image is decoded twice."""
     try:
-        size, mode = inspect_image(path)
+        size, mode, digest = inspect_image(path)
     except UNREADABLE as error:
         result.quarantine_record(case_id, str(path), f"unreadable image: {error}")
         return None
@@ -71,4 +75,5 @@ def usable_image(path: Path, case_id: str, result: IndexResult) -> tuple[tuple[i
     if reason:
         result.quarantine_record(case_id, str(path), reason)
         return None
+    digests[str(path)] = digest
     return size, flags

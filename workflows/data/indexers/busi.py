@@ -74,13 +74,13 @@ def _inspect_mask(path: Path) -> tuple[tuple[int, int], str, bool]:
 
 
 def _index_image(
-    pathology: str, image: Path, masks: list[Path], result: IndexResult
+    pathology: str, image: Path, masks: list[Path], result: IndexResult, digests: dict[str, str]
 ) -> dict[str, Any] | None:
     case_id = image.stem
     if not masks:
         result.quarantine_record(case_id, str(image), "no mask file (expected '<stem>_mask.png')")
         return None
-    checked = usable_image(image, case_id, result)
+    checked = usable_image(image, case_id, result, digests)
     if checked is None:
         return None
     (width, height), depth_flags = checked
@@ -146,6 +146,7 @@ def index(root: Path, deduplicate: bool = True) -> IndexResult:
     base = find_busi_root(Path(root).absolute())
     result = IndexResult()
     records: list[dict[str, Any]] = []
+    digests: dict[str, str] = {}  # pixel digests of the usable images, from their one decode
     for pathology in CLASSES:
         folder = base / pathology
         if not folder.is_dir():
@@ -158,10 +159,10 @@ def index(root: Path, deduplicate: bool = True) -> IndexResult:
             if len(same_stem) > 1:
                 quarantine_shared_stem(stem, same_stem, masks.get(stem, []), result)
                 continue
-            record = _index_image(pathology, same_stem[0], sorted(masks.get(stem, []), key=_mask_order), result)
+            record = _index_image(pathology, same_stem[0], sorted(masks.get(stem, []), key=_mask_order), result, digests)
             if record is not None:
                 records.append(record)
     if deduplicate:
-        records, result.duplicates = remove_exact_duplicates(records)
+        records, result.duplicates = remove_exact_duplicates(records, digest=lambda path: digests[str(path)])
     result.records = records
     return result

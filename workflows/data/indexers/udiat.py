@@ -101,10 +101,14 @@ def _inspect_gt(path: Path) -> tuple[tuple[int, int], np.ndarray]:
 
 
 def _index_image(
-    image: Path, gt: Path, labels: dict[str, dict[str, str | None]] | None, result: IndexResult
+    image: Path,
+    gt: Path,
+    labels: dict[str, dict[str, str | None]] | None,
+    result: IndexResult,
+    digests: dict[str, str],
 ) -> dict[str, Any] | None:
     case_id = image.stem
-    checked = usable_image(image, case_id, result)
+    checked = usable_image(image, case_id, result, digests)
     if checked is None:
         return None
     (width, height), depth_flags = checked
@@ -163,6 +167,7 @@ def index(root: Path, deduplicate: bool = True) -> IndexResult:
     images = image_files_by_stem(base / "original", result)
     gts = image_files_by_stem(base / "GT", result)
     records: list[dict[str, Any]] = []
+    digests: dict[str, str] = {}  # pixel digests of the usable images, from their one decode
     for stem in sorted(set(images) | set(gts), key=natural_key):
         if len(images.get(stem, [])) > 1 or len(gts.get(stem, [])) > 1:
             quarantine_shared_stem(stem, images.get(stem, []), gts.get(stem, []), result)
@@ -171,12 +176,12 @@ def index(root: Path, deduplicate: bool = True) -> IndexResult:
         elif stem not in images:
             result.quarantine_record(stem, str(gts[stem][0]), "GT mask without image in original/")
         else:
-            record = _index_image(images[stem][0], gts[stem][0], labels, result)
+            record = _index_image(images[stem][0], gts[stem][0], labels, result, digests)
             if record is not None:
                 records.append(record)
     for stem in sorted(set(labels or {}) - set(images) - set(gts), key=natural_key):
         result.quarantine_record(stem, str(xlsx), f"{XLSX_NAME} lists image {stem} but original/{stem}.png is missing")
     if deduplicate:
-        records, result.duplicates = remove_exact_duplicates(records)
+        records, result.duplicates = remove_exact_duplicates(records, digest=lambda path: digests[str(path)])
     result.records = records
     return result
