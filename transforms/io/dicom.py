@@ -53,8 +53,9 @@ class MissingDecoderError(RuntimeError):
     """The file's transfer syntax needs a decoder package that is not installed."""
 
 
-def missing_decoder(transfer_syntax: str) -> str | None:
-    """Why no installed pydicom decoder can read pixel data in ``transfer_syntax``; ``None`` when one can.
+def missing_decoder(transfer_syntax: str, decoding_plugin: str = "") -> str | None:
+    """Why no installed pydicom decoder can read pixel data in ``transfer_syntax`` (with ``decoding_plugin``,
+    when one is asked for); ``None`` when one can.
 
     Asks pydicom's decoder registry, so it costs no decoding (the indexers check every file this way).
     """
@@ -66,10 +67,15 @@ def missing_decoder(transfer_syntax: str) -> str | None:
         decoder = get_decoder(uid)
     except NotImplementedError:
         return f"transfer syntax {uid} ({uid.name}) has no pixel data decoder in pydicom"
-    if decoder.is_available:
-        return None
     packages = DECODER_PACKAGES.get(str(uid), "a pydicom pixel-data plugin (pylibjpeg, python-gdcm)")
-    return f"no installed decoder for transfer syntax {uid} ({uid.name}); install: pip install {packages}"
+    if not decoder.is_available:
+        return f"no installed decoder for transfer syntax {uid} ({uid.name}); install: pip install {packages}"
+    if decoding_plugin and decoding_plugin not in decoder.available_plugins:
+        return (
+            f"decoding plugin {decoding_plugin!r} cannot decode transfer syntax {uid} ({uid.name}) here; available: "
+            f"{sorted(decoder.available_plugins)} (leave decoding_plugin empty to let pydicom choose, or pip install {packages})"
+        )
+    return None
 
 
 class DicomImage:
@@ -148,18 +154,14 @@ def _check_greyscale_single_frame(ds, path: str, require_pixels: bool = True) ->
 def _decode(ds, path: str, decoding_plugin: str) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    reason = missing_decoder(syntax, decoding_plugin) if syntax else None
+    if reason:
+        raise MissingDecoderError(f"{path}: {reason}")
     try:
         return pixel_array(ds, decoding_plugin=decoding_plugin)
     except (RuntimeError, NotImplementedError, ImportError) as err:
-        syntax = ds.file_meta.get("TransferSyntaxUID")
-        message = str(err)
-        if "missing" in message or "plugin" in message or "decoder" in message.lower():
-            packages = DECODER_PACKAGES.get(str(syntax), "a pydicom pixel-data plugin (pylibjpeg, python-gdcm)")
-            raise MissingDecoderError(
-                f"{path}: cannot decode transfer syntax {syntax} ({getattr(syntax, 'name', '?')}); "
-                f"install: pip install {packages}. pydicom said: {message}"
-            ) from err
-        raise ValueError(f"{path}: corrupt or unsupported pixel data ({message})") from err
+        raise ValueError(f"{path}: corrupt or unsupported pixel data ({err})") from err
     except (ValueError, EOFError) as err:
         raise ValueError(f"{path}: corrupt or truncated pixel data ({err})") from err
 
