@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -152,7 +153,11 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare methods evaluated on one test split: a paired Wilcoxon test for two, "
                                        "Friedman + Nemenyi and pairwise Wilcoxon (Holm) for more")
     p.add_argument("--cases", action="append", default=[], metavar="NAME=PATH",
-                   help="a method's evaluation folder or cases.csv, repeatable (any bundles sharing a split)")
+                   help="a method's evaluation folder or cases.csv, or an nnU-Net v2 prediction folder of an "
+                        "export-nnunet dataset's imagesTs; repeatable (any methods sharing a split)")
+    p.add_argument("--nnunet-export", action="append", default=[], metavar="NAME=DIR",
+                   help="the DatasetNNN_<name> folder (export-nnunet) of method NAME's nnU-Net predictions, where "
+                        "the folder has no predict_from_raw_data_args.json (nnUNetv2_predict writes it)")
     p.add_argument("--bundle", default=None, help="train and evaluate this bundle once per --networks entry first")
     p.add_argument("--networks", default="", help="comma-separated registered network names for --bundle")
     p.add_argument("--dataset", default=None, choices=DATASETS)
@@ -216,10 +221,46 @@ def _run_compare(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     try:
         result = compare_methods(cases, args.out, metric=args.metric, alpha=args.alpha, tracking_uri=uri,
-                                 n_resamples=args.resamples)
+                                 n_resamples=args.resamples, nnunet_exports=_key_values(args.nnunet_export, "--nnunet-export"))
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"breastseg compare: {error}") from None
     _print_comparison(result, args.out)
+    return 0
+
+
+def _add_export_nnunet(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-nnunet", help="write a datalist's split as an nnU-Net v2 raw dataset (imagesTr, labelsTr, "
+                                             "imagesTs, dataset.json, splits_final.json)")
+    p.add_argument("--datalist", required=True, help="a breastseg datalist JSON (or a bundle run's datalist.json)")
+    p.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id, 1..999")
+    p.add_argument("--out", required=True, help="the nnUNet_raw folder (DatasetNNN_<name> is created in it)")
+    p.add_argument("--bundle", default=None, help="whose chain (up to its resize) prepares the images; default: "
+                                                  "connected_unets for mammography, hybrid_attention_us for ultrasound")
+    p.add_argument("--name", default=None, help="dataset name, letters and digits (default: the dataset's, e.g. BUSI)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="the grid breastseg compare scores the predictions on (default: the bundle's image_size)")
+    p.add_argument("--preprocessed", default=None, help="an nnUNet_preprocessed folder to write splits_final.json into too")
+    p.set_defaults(func=_run_export_nnunet)
+
+
+def _run_export_nnunet(args: argparse.Namespace) -> int:
+    from breastseg.workflows.nnunet_export import export_nnunet
+
+    try:
+        manifest = export_nnunet(args.datalist, args.dataset_id, args.out, bundle=args.bundle, name=args.name,
+                                 image_size=args.image_size, preprocessed=args.preprocessed)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"breastseg export-nnunet: {error}") from None
+    counts = {split: sum(case["split"] == split for case in manifest["cases"]) for split in ("training", "validation", "test")}
+    folder = manifest["folder"]
+    print(f"{folder}: {counts['training'] + counts['validation']} training images ({counts['training']} training, "
+          f"{counts['validation']} validation) in imagesTr/labelsTr, {counts['test']} test images in imagesTs; "
+          f"{manifest['bundle']} chain before its resize")
+    print(f"splits_final.json: {manifest['folds'] or 1} fold(s) of the datalist's split; nnU-Net reads it from "
+          f"$nnUNet_preprocessed/{Path(folder).name}/" + (" (written there too)" if args.preprocessed else " (copy it there)"))
+    print(f"not exported: {len(manifest['not_exported'])}")
+    for entry in manifest["not_exported"]:
+        print(f"  {entry['path']} ({entry['split']}): {entry['reason']}")
     return 0
 
 
@@ -323,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ablation(sub)
     _add_cross_dataset(sub)
     _add_compare(sub)
+    _add_export_nnunet(sub)
     _add_promote(sub)
     return parser
 

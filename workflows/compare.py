@@ -211,6 +211,17 @@ def _friedman_files(result: dict[str, Any], out: Path) -> list[Path]:
     return [out / "nemenyi_pvalues.csv", out / "wilcoxon_holm.csv", out / "critical_difference.png"]
 
 
+def _load_method(name: str, path: str | Path, metric: str, out: Path, nnunet_export: str | Path | None) -> Any:
+    """A method's evaluation; an nnU-Net prediction folder is scored into ``out/nnunet/<name>/cases.csv`` first."""
+    from breastseg.workflows.nnunet_cases import is_nnunet_predictions, score_nnunet_predictions
+
+    if nnunet_export is None and not is_nnunet_predictions(path):
+        return load_evaluation(path, metric)
+    cases_csv, datalist = score_nnunet_predictions(path, out / "nnunet" / name, nnunet_export)
+    logger.info("nnU-Net predictions %s of %s scored into %s", path, name, cases_csv)
+    return load_evaluation(cases_csv, metric, datalist=datalist)
+
+
 def compare_methods(
     cases: Mapping[str, str | Path],
     out: str | Path,
@@ -219,6 +230,7 @@ def compare_methods(
     tracking_uri: str | None = None,
     n_resamples: int = 10_000,
     seed: int = 0,
+    nnunet_exports: Mapping[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Compare the per-case ``metric`` of several evaluations of one split; files in ``out``; MLflow run.
 
@@ -228,13 +240,17 @@ def compare_methods(
     ``left_out_cases.csv``.
 
     Args:
-        cases: method name -> an evaluation folder or its ``cases.csv``.
+        cases: method name -> an evaluation folder or its ``cases.csv``, or an nnU-Net v2 prediction folder of the
+            test images of a ``breastseg export-nnunet`` dataset, scored first into ``out/nnunet/<name>/cases.csv``
+            (:mod:`breastseg.workflows.nnunet_cases`).
         out: folder of the outputs (created).
         metric: a ``cases.csv`` metric column; its direction is known (:data:`~breastseg.workflows.paired_stats.HIGHER_IS_BETTER`).
         alpha: significance level of the critical difference; the bootstrap intervals are at ``1 - alpha``.
         tracking_uri: MLflow store (``None``: no logging).
         n_resamples: bootstrap resamples of the cases (two methods).
         seed: of the bootstrap (two methods).
+        nnunet_exports: method name -> the exported ``DatasetNNN_<name>`` folder of an nnU-Net prediction folder
+            (default: found from the ``predict_from_raw_data_args.json`` nnU-Net wrote there).
 
     Raises:
         ValueError: fewer than 2 methods, evaluations of different splits, a metric of unknown direction,
@@ -243,11 +259,11 @@ def compare_methods(
     if len(cases) < 2:
         raise ValueError(f"compare needs at least 2 methods, got {len(cases)}: {list(cases)}")
     higher = higher_is_better(metric)
-    evaluations = {name: load_evaluation(path, metric) for name, path in cases.items()}
+    out = Path(out)
+    evaluations = {name: _load_method(name, path, metric, out, (nnunet_exports or {}).get(name)) for name, path in cases.items()}
     splits = check_same_split(evaluations)
     matched = match_cases(evaluations, metric, higher)
     names, table = list(cases), matched.table
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "methods": names, "metric": metric, "higher_is_better": higher, "alpha": alpha, "n": len(matched.keys),

@@ -67,23 +67,26 @@ def find_cases_csv(path: str | Path) -> Path:
 @dataclass
 class Evaluation:
     """One method's ``cases.csv``: ``{(case_id, lesion_index): value}`` of a metric, the cases' empty-mask
-    ``status`` (absent when the CSV has no such column) and the names of the evaluated datalist splits."""
+    ``status`` (absent when the CSV has no such column), the names of the evaluated datalist splits and the
+    datalist evaluated (``None``: ``datalist.json`` two folders above the evaluation folder, a bundle's layout)."""
 
     path: Path
     values: dict[CaseKey, float]
     statuses: dict[CaseKey, str] = field(default_factory=dict)
     split_names: tuple[str, ...] = ()
+    datalist: Path | None = None
 
 
-def load_evaluation(path: str | Path, metric: str = "dice") -> Evaluation:
-    """Read ``metric`` (NaN allowed: the empty-mask rule's undefined value) from an evaluation's ``cases.csv``.
+def load_evaluation(path: str | Path, metric: str = "dice", datalist: str | Path | None = None) -> Evaluation:
+    """Read ``metric`` (NaN allowed: the empty-mask rule's undefined value) from an evaluation's ``cases.csv``;
+    ``datalist``: the datalist it evaluated, where it is not a bundle's (see :class:`Evaluation`).
 
     Raises:
         ValueError: no ``case_id`` or ``metric`` column, a repeated case, no case row, or a value that is
             neither a number nor ``nan`` (an empty cell, text, infinity); the message names the file and case.
     """
     path = find_cases_csv(path)
-    evaluation = Evaluation(path, {})
+    evaluation = Evaluation(path, {}, datalist=Path(datalist) if datalist is not None else None)
     split_names = set()
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
@@ -119,9 +122,9 @@ def load_case_scores(path: str | Path, metric: str = "dice") -> dict[CaseKey, fl
 
 
 def evaluation_split(evaluation: Evaluation) -> tuple[str, str] | None:
-    """``(identity, description)`` of the split the evaluation used, from ``datalist.json`` two folders above its
-    ``cases.csv``; ``None`` (with a warning) where there is no such datalist or it no longer holds the cases."""
-    datalist_path = evaluation.path.parent.parent.parent / "datalist.json"
+    """``(identity, description)`` of the split the evaluation used, from its datalist (``datalist.json`` two folders
+    above its ``cases.csv`` for a bundle's); ``None`` (with a warning) where there is none or it no longer holds the cases."""
+    datalist_path = evaluation.datalist or evaluation.path.parent.parent.parent / "datalist.json"
     if not datalist_path.is_file():
         logger.warning("%s: no datalist.json at %s, its split is not checked", evaluation.path, datalist_path)
         return None

@@ -1,0 +1,240 @@
+"""nnU-Net side by side: the export of the synthetic BUSI and CBIS-DDSM layouts (split, files, nnU-Net's own
+integrity check where nnunetv2 is installed) and nnU-Net prediction folders scored by ``breastseg compare``."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from PIL import Image
+
+from breastseg.transforms import chains
+from breastseg.workflows.bundle import PIPELINE_KEYS
+from breastseg.workflows.cli import main
+from breastseg.workflows.data.datalist import build_datalist, write_datalist
+from breastseg.workflows.data.synthetic import generate
+from breastseg.workflows.metrics import compute_case_table, table_to_rows
+from breastseg.workflows.nnunet_export import export_nnunet, pre_resize_chain
+
+NNUNET = importlib.util.find_spec("nnunetv2") is not None
+NNUNET_REASON = ('nnunetv2 is not installed: it is the optional extra (pip install -e ".[nnunet]" then pip install '
+                 "--no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4, see the README)")
+
+
+def _datalist(layout: str, root: Path, out: Path, cases: int, **split) -> Path:
+    generate(layout, root, cases=cases, seed=3)
+    return write_datalist(build_datalist(layout, root, **split), out)
+
+
+class TestExportNnunet(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp())
+        cls.busi_json = _datalist("busi", cls.tmp / "busi", cls.tmp / "busi.json", 12, val_fraction=0.2, test_fraction=0.4)
+        cls.cbis_json = _datalist("cbis-ddsm", cls.tmp / "cbis", cls.tmp / "cbis.json", 6, folds=2)
+        cls.raw = cls.tmp / "nnUNet_raw"
+        cls.busi = export_nnunet(cls.busi_json, 501, cls.raw)
+        cls.cbis = export_nnunet(cls.cbis_json, 502, cls.raw, preprocessed=cls.tmp / "nnUNet_preprocessed")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def _case_ids(self, manifest, identifiers):
+        by_identifier = {case["identifier"]: case["case_id"] for case in manifest["cases"]}
+        return sorted(by_identifier[identifier] for identifier in identifiers)
+
+    def test_splits_final_equals_the_datalist_split(self):
+        datalist = json.loads(self.busi_json.read_text())
+        splits = json.loads((Path(self.busi["folder"]) / "splits_final.json").read_text())
+        self.assertEqual(len(splits), 1)
+        for nnunet_key, split in (("train", "training"), ("val", "validation")):
+            self.assertEqual(self._case_ids(self.busi, splits[0][nnunet_key]), sorted(r["case_id"] for r in datalist[split]))
+        # folds: nnU-Net fold k validates on the datalist's fold k and trains on the others
+        datalist = json.loads(self.cbis_json.read_text())
+        non_test = datalist["training"] + datalist["validation"]
+        folder = Path(self.cbis["folder"])
+        splits = json.loads((folder / "splits_final.json").read_text())
+        self.assertEqual(len(splits), 2)
+        for fold, entry in enumerate(splits):
+            self.assertEqual(self._case_ids(self.cbis, entry["val"]), sorted(r["case_id"] for r in non_test if r["fold"] == fold))
+            self.assertEqual(self._case_ids(self.cbis, entry["train"]), sorted(r["case_id"] for r in non_test if r["fold"] != fold))
+        copied = self.tmp / "nnUNet_preprocessed" / folder.name / "splits_final.json"
+        self.assertEqual(json.loads(copied.read_text()), splits)
+
+    def test_test_images_only_in_images_ts_and_files_follow_the_chain(self):
+        datalist = json.loads(self.busi_json.read_text())
+        folder = Path(self.busi["folder"])
+        test_ids = {case["identifier"] for case in self.busi["cases"] if case["split"] == "test"}
+        self.assertEqual(len(test_ids), len(datalist["test"]))
+        trained = {p.name[: -len("_0000.nii.gz")] for p in (folder / "imagesTr").glob("*_0000.nii.gz")}
+        self.assertEqual({p.name[: -len("_0000.nii.gz")] for p in (folder / "imagesTs").iterdir()}, test_ids)
+        self.assertFalse(trained & test_ids)
+        self.assertEqual({p.name[: -len(".nii.gz")] for p in (folder / "labelsTr").iterdir()}, trained)
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        self.assertEqual(dataset_json["labels"], {"background": 0, "lesion": 1})
+        self.assertEqual((dataset_json["numTraining"], dataset_json["file_ending"]), (len(trained), ".nii.gz"))
+        self.assertEqual(dataset_json["channel_names"], {"0": "ultrasound"})
+        # a case's image and mask are the bundle chain's before its resize (multi-lesion masks OR-ed by its loader)
+        chain = pre_resize_chain("hybrid_attention_us", "busi")
+        multi = next(r for r in datalist["training"] if (r.get("lesion_count") or 0) > 1)
+        identifier = next(c["identifier"] for c in self.busi["cases"] if c["case_id"] == multi["case_id"])
+        sample = chain({key: multi.get(key) for key in PIPELINE_KEYS})
+        image = np.asarray(nib.load(str(folder / "imagesTr" / f"{identifier}_0000.nii.gz")).dataobj).T
+        label = np.asarray(nib.load(str(folder / "labelsTr" / f"{identifier}.nii.gz")).dataobj).T
+        np.testing.assert_array_equal(image, np.asarray(sample["image"][0]))
+        np.testing.assert_array_equal(label, np.asarray(sample["label"][0]) > 0.5)
+        self.assertEqual(set(np.unique(label)), {0, 1})
+
+    def test_a_case_that_cannot_be_read_is_listed_with_the_reason(self):
+        datalist = json.loads(self.busi_json.read_text())
+        broken = self.tmp / "broken.png"
+        broken.write_bytes(b"not a png")
+        bad_case = datalist["training"][0]["case_id"]
+        datalist["training"][0]["image"] = str(broken)
+        path = self.tmp / "broken.json"
+        path.write_text(json.dumps(datalist))
+        manifest = export_nnunet(path, 503, self.tmp / "raw_broken")
+        self.assertEqual([(e["case_id"], e["path"], e["split"]) for e in manifest["not_exported"]], [(bad_case, str(broken), "training")])
+        self.assertTrue(manifest["not_exported"][0]["reason"])
+        self.assertNotIn(bad_case, [case["case_id"] for case in manifest["cases"]])
+        splits = json.loads((Path(manifest["folder"]) / "splits_final.json").read_text())
+        self.assertEqual(len(splits[0]["train"]), len(datalist["training"]) - 1)
+
+    def test_cli_and_a_taken_dataset_id(self):
+        out = self.tmp / "raw_cli"
+        self.assertEqual(main(["export-nnunet", "--datalist", str(self.busi_json), "--dataset-id", "7", "--out", str(out)]), 0)
+        self.assertTrue((out / "Dataset007_BUSI" / "dataset.json").is_file())
+        with self.assertRaises(SystemExit) as raised:
+            main(["export-nnunet", "--datalist", str(self.busi_json), "--dataset-id", "7", "--out", str(out), "--name", "Other"])
+        self.assertRegex(str(raised.exception), r"^breastseg export-nnunet: .*Dataset007_BUSI exists")
+        with self.assertRaises(SystemExit) as raised:
+            main(["export-nnunet", "--datalist", str(self.busi_json), "--dataset-id", "8", "--out", str(out), "--bundle", "unetplusplus_mammo"])
+        self.assertIn("crops around the known lesion", str(raised.exception))
+
+    @unittest.skipUnless(NNUNET, NNUNET_REASON)
+    def test_nnunet_verify_dataset_integrity(self):
+        import SimpleITK as sitk
+
+        env = dict(os.environ, nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.tmp / "nnUNet_preprocessed"),
+                   nnUNet_results=str(self.tmp / "nnUNet_results"), OMP_NUM_THREADS="1")
+        command = [str(Path(sys.executable).with_name("nnUNetv2_plan_and_preprocess")), "-d", "501", "502",
+                   "--verify_dataset_integrity", "-c", "2d", "--no_pp", "-npfp", "1"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        self.assertEqual(done.returncode, 0, done.stdout[-3000:] + done.stderr[-3000:])
+        for folder in (self.busi["folder"], self.cbis["folder"]):
+            self.assertTrue((self.tmp / "nnUNet_preprocessed" / Path(folder).name / "nnUNetPlans.json").is_file())
+        # nnU-Net's reader sees the chain's (H, W) image
+        case = self.busi["cases"][0]
+        read = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(self.busi["folder"]) / "imagesTr" / f"{case['identifier']}_0000.nii.gz")))
+        record = next(r for s in ("training", "validation") for r in json.loads(self.busi_json.read_text())[s] if r["case_id"] == case["case_id"])
+        expected = pre_resize_chain("hybrid_attention_us", "busi")({key: record.get(key) for key in PIPELINE_KEYS})["image"][0]
+        np.testing.assert_array_equal(read, np.asarray(expected))
+
+
+class TestCompareNnunetPredictions(unittest.TestCase):
+    """nnU-Net-named masks of the test cases against the same masks seen through the bundle's own chain."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp())
+        # a bundle run's layout: <output_dir>/datalist.json and <output_dir>/eval/<run>/cases.csv
+        cls.bundle_dir = cls.tmp / "hybrid"
+        cls.bundle_dir.mkdir()
+        cls.datalist_json = _datalist("busi", cls.tmp / "busi", cls.bundle_dir / "datalist.json", 14,
+                                      val_fraction=0.1, test_fraction=0.4)
+        cls.manifest = export_nnunet(cls.datalist_json, 42, cls.tmp / "raw", image_size=64)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def _predictions(self) -> tuple[Path, dict[str, np.ndarray]]:
+        """One mask per test case on the export grid: the lesion shifted, nothing, or a false blob."""
+        datalist = json.loads(self.datalist_json.read_text())
+        records = {r["case_id"]: r for r in datalist["test"]}
+        chain = pre_resize_chain("hybrid_attention_us", "busi")
+        folder, masks = self.tmp / "predictions", {}
+        folder.mkdir(exist_ok=True)
+        for position, case in enumerate(c for c in self.manifest["cases"] if c["split"] == "test"):
+            label = np.asarray(chain({k: records[case["case_id"]].get(k) for k in PIPELINE_KEYS})["label"][0]) > 0.5
+            mask = [np.roll(label, (3, -5), axis=(0, 1)), np.zeros_like(label), label.copy()][position % 3]
+            if position % 3 == 2:
+                mask[5:25, 10:40] = True
+            masks[case["case_id"]] = mask
+            nib.save(nib.Nifti1Image(mask.T.astype(np.uint8), np.eye(4)), str(folder / f"{case['identifier']}.nii.gz"))
+        return folder, masks
+
+    def _bundle_evaluation(self, masks: dict[str, np.ndarray]) -> tuple[Path, dict[str, dict]]:
+        """The same masks as a bundle's evaluation: PNG masks read and resized by the bundle's full chain at 64."""
+        datalist = json.loads(self.datalist_json.read_text())
+        chain = chains.hybrid_attention_us(image_size=64)
+        rows = {}
+        for record in datalist["test"]:
+            png = self.tmp / "pngs" / f"{record['case_id']}_pred.png"
+            png.parent.mkdir(exist_ok=True)
+            Image.fromarray(masks[record["case_id"]].astype(np.uint8) * 255).save(png)
+            truth = chain({k: record.get(k) for k in PIPELINE_KEYS})
+            pred = chain({"image": record["image"], "label": str(png), "label_format": "png", "case_id": record["case_id"]})
+            affine = torch.as_tensor(truth["label"].affine, dtype=torch.float64)
+            spacing = [float(affine[:2, 0].norm()), float(affine[:2, 1].norm())]
+            table = compute_case_table(pred["label"][None] > 0.5, truth["label"][None] > 0.5, [spacing])
+            rows[record["case_id"]] = table_to_rows(table)[0]
+        cases = self.bundle_dir / "eval" / "run-1" / "cases.csv"
+        cases.parent.mkdir(parents=True)
+        columns = ["case_id", "lesion_index", "split", "status", "dice", "hd95_px"]
+        with open(cases, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            for case_id, row in rows.items():
+                writer.writerow([case_id, 0, "test", row["status"], row["dice"], row["hd95_px"]])
+        return cases.parent.parent, rows
+
+    def test_prediction_folder_scores_as_the_bundle_evaluation_of_the_same_masks(self):
+        predictions, masks = self._predictions()
+        evaluation, expected = self._bundle_evaluation(masks)
+        self.assertLessEqual({"lesion", "missed"}, {row["status"] for row in expected.values()})
+        for metric in ("dice", "hd95_px"):
+            out = self.tmp / f"cmp_{metric}"
+            args = ["compare", "--cases", f"nnunet={predictions}", "--nnunet-export", f"nnunet={self.manifest['folder']}",
+                    "--cases", f"hybrid={evaluation}", "--out", str(out), "--metric", metric,
+                    "--tracking-uri", f"sqlite:///{self.tmp / 'mlruns.db'}"]
+            self.assertEqual(main(args), 0)
+            with open(out / "nnunet" / "nnunet" / "cases.csv") as handle:
+                scored = {row["case_id"]: row for row in csv.DictReader(handle)}
+            self.assertEqual(set(scored), set(expected))
+            for case_id, row in expected.items():
+                self.assertEqual(scored[case_id]["status"], row["status"], case_id)
+                np.testing.assert_allclose(float(scored[case_id][metric]), row[metric], rtol=1e-6, err_msg=case_id)  # nan == nan
+            summary = json.loads((out / "comparison.json").read_text())
+            both_empty = sum(row["status"] == "both_empty" for row in expected.values())
+            self.assertEqual((summary["n"], summary["n_left_out"]), (len(expected) - both_empty, both_empty))
+            self.assertIsNotNone(summary["splits"]["nnunet"])
+            self.assertEqual(summary["splits"]["nnunet"].split(" of ")[0], summary["splits"]["hybrid"].split(" of ")[0])
+            with open(out / "matched_cases.csv") as handle:
+                for row in csv.DictReader(handle):
+                    self.assertEqual(row["nnunet"], row["hybrid"], row["case_id"])
+
+    def test_a_prediction_folder_without_its_export_is_refused(self):
+        folder = self.tmp / "orphan"
+        folder.mkdir()
+        nib.save(nib.Nifti1Image(np.zeros((4, 4), np.uint8), np.eye(4)), str(folder / "BUSI_0001.nii.gz"))
+        other = self.tmp / "other_eval"
+        with self.assertRaises(SystemExit) as raised:
+            main(["compare", "--cases", f"nnunet={folder}", "--cases", f"x={other}", "--out", str(self.tmp / "x")])
+        self.assertRegex(str(raised.exception), r"^breastseg compare: .*orphan: no predict_from_raw_data_args.json .*--nnunet-export")
+
+
+if __name__ == "__main__":
+    unittest.main()
