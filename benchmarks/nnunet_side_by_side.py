@@ -79,11 +79,12 @@ def train_and_predict(dataset_id: str, device: str, images: str, predictions: st
     trainer.set_deep_supervision_enabled(False)
     trainer.network.eval()
     predictor = nnUNetPredictor(device=torch.device(device), perform_everything_on_device=device == "cuda", allow_tqdm=False)
-    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
+    weights = [{key: value.detach().clone() for key, value in trainer.network.state_dict().items()}]
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, weights,
                                     trainer.dataset_json, type(trainer).__name__, trainer.inference_allowed_mirroring_axes)
     predictor.predict_from_files(images, predictions, save_probabilities=False, overwrite=True,
                                  num_processes_preprocessing=1, num_processes_segmentation_export=1)
-    timings = {"train_s": trained - started, "validate_and_predict_s": time.perf_counter() - trained, "epochs": trainer.current_epoch + 1}
+    timings = {"train_s": trained - started, "validate_and_predict_s": time.perf_counter() - trained, "epochs": trainer.current_epoch}
     (Path(predictions).parent / "nnunet_timings.json").write_text(json.dumps(timings))
 
 
