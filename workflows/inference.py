@@ -107,7 +107,8 @@ class MaskWriter:
     ``output_dir`` must lie outside ``input_dir``; a file already there is never replaced unless ``overwrite``
     (checked for every planned output when the run starts, before any prediction).
 
-    Expects batch size 1 (one patch per iteration) and an engine output whose ``pred`` holds
+    ``keep_probabilities`` also keeps each image's mask and probabilities in :attr:`kept` (the served model
+    returns them). Expects batch size 1 (one patch per iteration) and an engine output whose ``pred`` holds
     probabilities; the batch carries ``roi_box``, ``lesion_index``, ``lesion_count`` and the image
     metadata (``filename_or_obj``, ``spatial_shape``, ``original_affine``).
     """
@@ -116,14 +117,22 @@ class MaskWriter:
     output_suffixes: tuple[str, ...] = (PRED_SUFFIX + ".png", PRED_SUFFIX + ".nii.gz")
 
     def __init__(
-        self, output_dir: str | Path, threshold: float = 0.5, input_dir: str | Path | None = None, overwrite: bool = False
+        self,
+        output_dir: str | Path,
+        threshold: float = 0.5,
+        input_dir: str | Path | None = None,
+        overwrite: bool = False,
+        keep_probabilities: bool = False,
     ) -> None:
         check_output_dir(output_dir, input_dir)
         self.output_dir = Path(output_dir)
         self.threshold = threshold
         self.overwrite = overwrite
+        self.keep_probabilities = keep_probabilities
         self._patches: dict[str, list[tuple[torch.Tensor, list[int]]]] = defaultdict(list)
         self.written: list[Path] = []
+        #: ``{image path: (mask, probabilities)}`` on the original grid, when ``keep_probabilities`` (the served model)
+        self.kept: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def attach(self, engine: Engine) -> None:
         if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
@@ -171,9 +180,14 @@ class MaskWriter:
         shape = [int(torch.as_tensor(v).flatten()[0]) for v in meta["spatial_shape"]]
         patches, boxes = zip(*self._patches.pop(source))
         canvas = paste_back(list(patches), list(boxes), shape)
-        mask = (canvas[0] >= self.threshold).numpy().astype(np.uint8)
-        affine = torch.as_tensor(meta["original_affine"])[0].numpy()
-        self.written += self._write(Path(source), mask, affine)
+        self._finish(Path(source), canvas[0].numpy(), torch.as_tensor(meta["original_affine"])[0].numpy())
+
+    def _finish(self, source: Path, probabilities: np.ndarray, affine: np.ndarray) -> None:
+        """Threshold the probabilities of ``source`` on its original grid, write the mask (and keep both)."""
+        mask = (probabilities >= self.threshold).astype(np.uint8)
+        if self.keep_probabilities:
+            self.kept[str(source)] = (mask, probabilities.astype(np.float32))
+        self.written += self._write(source, mask, affine)
 
     def _write(self, source: Path, mask: np.ndarray, affine: np.ndarray) -> list[Path]:
         import nibabel as nib

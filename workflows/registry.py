@@ -7,18 +7,20 @@ and ``champion`` moves only through :func:`promote` (``breastseg promote``): to 
 champion's validation metric on the same dataset and split, or with ``force``.
 
 The logged model is an MLflow ``pyfunc`` model whose artifact is the bundle itself (``configs/``,
-``docs/``, ``LICENSE`` and ``models/model.pt``): loading it back rebuilds the network from the bundle's
-own ``inference.json`` (``network_def``) and runs it, so the registry holds what a research team would
-download from the model zoo. Stages are deprecated in MLflow; only aliases are used.
+``docs/``, ``LICENSE`` and ``models/model.pt``), with the project's code and requirements pinned to the versions
+that trained it: it runs the bundle's own ``inference.json`` on DICOM/PNG images or pixel arrays
+(:mod:`breastseg.workflows.serving`), so the registry holds what a research team would download from the model
+zoo. Stages are deprecated in MLflow; only aliases are used.
 
 Load a registered model::
 
-    model = mlflow.pyfunc.load_model("models:/unetplusplus_mammo@candidate")
-    probabilities = model.predict(images)  # float32 (N, C, H, W) preprocessed as the bundle's chain
+    model = load_model("unetplusplus_mammo@candidate")
+    masks = model.predict({"image": ["/path/to/image.dcm"]})  # base64 PNG masks at the image's size
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -42,6 +44,8 @@ quiet_mlflow()
 __all__ = [
     "NetworkModel",
     "BundleModel",
+    "pinned_requirements",
+    "code_paths",
     "log_bundle_model",
     "RegisterBestModel",
     "CANDIDATE_ALIAS",
@@ -60,6 +64,8 @@ CHAMPION_ALIAS = "champion"
 #: overrides of ``inference.json`` recording how the registered weights were trained
 TRAINED_WITH = "trained_with.json"
 _BUNDLE_PARTS = ("configs", "docs", "LICENSE")
+#: the project's packages (``breastseg.<name>`` lives in the folder ``<name>``), logged with every model
+PROJECT_PACKAGES = ("networks", "transforms", "workflows")
 
 
 class NetworkModel(mlflow.pyfunc.PythonModel):
@@ -76,9 +82,15 @@ class NetworkModel(mlflow.pyfunc.PythonModel):
     def __getstate__(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key != "network"}
 
+    def log_arguments(self, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        """``log_model`` arguments describing the input: an all-zero float32 batch of one ``input_shape`` tensor."""
+        return {"input_example": np.zeros((1, *input_shape), dtype=np.float32)}
+
 
 class BundleModel(NetworkModel):
-    """A MONAI bundle served through MLflow: ``predict`` returns sigmoid probabilities."""
+    """A MONAI bundle's network served through MLflow on tensors already preprocessed by the bundle's chain:
+    ``predict`` returns sigmoid probabilities. The two-stage bundle's segmenter (whose chain needs the detector)
+    is served this way; single-network bundles serve images (:class:`~breastseg.workflows.serving.ImageBundleModel`)."""
 
     def load_context(self, context: Any) -> None:
         from monai.bundle import ConfigParser
@@ -99,6 +111,36 @@ class BundleModel(NetworkModel):
         with torch.no_grad():
             logits = self.network(images)
         return torch.sigmoid(logits).numpy()
+
+
+def pinned_requirements() -> list[str]:
+    """``name==version`` of every runtime dependency of breastseg, at the versions installed (those that trained
+    the model). breastseg itself is not on PyPI: its code travels with the model (:func:`code_paths`)."""
+    from packaging.requirements import Requirement
+
+    pins = []
+    for line in importlib.metadata.requires("breastseg") or []:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an optional extra (tests, export)
+        version = importlib.metadata.version(requirement.name).split("+")[0]  # 2.13.0+cpu: the index decides the build
+        pins.append(f"{requirement.name}=={version}")
+    return pins
+
+
+def code_paths(staging: Path) -> list[str]:
+    """A ``breastseg`` folder holding the project's packages (no caches), for ``log_model(code_paths=...)``:
+    MLflow puts its parent on ``sys.path`` when it loads the model, so ``import breastseg.workflows`` works in an
+    environment that never installed the project."""
+    import shutil
+
+    import breastseg.workflows
+
+    project = Path(breastseg.workflows.__file__).resolve().parents[1]
+    target = staging / "breastseg"
+    for name in PROJECT_PACKAGES:
+        shutil.copytree(project / name, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return [str(target)]
 
 
 def _stage_bundle(bundle_root: Path, weights: Path, staging: Path, network_settings: dict[str, Any] | None) -> Path:
@@ -154,8 +196,9 @@ def log_bundle_model(
 ) -> dict[str, Any]:
     """Log the bundle with ``weights`` as the run's model, register it as ``model_name`` and set ``alias``.
 
-    ``python_model`` serves it (default :class:`BundleModel`; a bundle with several networks, such as the
-    two-stage detector, passes its own). The version gets ``tags`` and :func:`version_tags` of ``weights``;
+    ``python_model`` serves it (default :class:`~breastseg.workflows.serving.ImageBundleModel`, images in; the
+    two-stage bundle passes :class:`BundleModel` and its detector its own). Its requirements are pinned to the
+    installed versions (:func:`pinned_requirements`) and the project's code travels with it (:func:`code_paths`). The version gets ``tags`` and :func:`version_tags` of ``weights``;
     when they name a dataset, the alias ``<alias>-<dataset>`` moves to it too.
 
     Returns ``{"model_uri", "version", "alias_uri", "aliases"}``.
@@ -163,17 +206,21 @@ def log_bundle_model(
     bundle_root, weights = Path(bundle_root), Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"no trained weights at {weights}: nothing to register")
-    example = np.zeros((1, *input_shape), dtype=np.float32)
+    if python_model is None:
+        from breastseg.workflows.serving import ImageBundleModel
+
+        python_model = ImageBundleModel()
     with _tracking_uri(tracking_uri), tempfile.TemporaryDirectory() as staging:
-        staged = _stage_bundle(bundle_root, weights, Path(staging), network_settings)
+        staged = _stage_bundle(bundle_root, weights, Path(staging) / "bundle", network_settings)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=python_model or BundleModel(),
+                python_model=python_model,
                 artifacts={"bundle": str(staged)},
-                input_example=example,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "monai", "mlflow", "breastseg"],
+                pip_requirements=pinned_requirements(),
+                code_paths=code_paths(Path(staging) / "code"),
                 registered_model_name=model_name,
+                **python_model.log_arguments(tuple(input_shape)),
             )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -231,7 +278,7 @@ class RegisterBestModel:
         network_settings: the config values the network was built with (``network``,
             ``network_kwargs``, ...), stored in the logged bundle so it rebuilds the same network.
         enabled: ``False`` on non-zero DDP ranks.
-        python_model: the MLflow model serving the weights (default :class:`BundleModel`).
+        python_model: the MLflow model serving the weights (default :class:`~breastseg.workflows.serving.ImageBundleModel`).
     """
 
     def __init__(

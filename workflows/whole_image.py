@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ignite.engine import Engine
 from monai.data import MetaTensor, decollate_batch
@@ -28,7 +27,7 @@ class WholeImageMaskWriter(MaskWriter):
     Args:
         output_dir: folder of the masks.
         chain: the preprocessing chain the images went through (its invertible steps are undone).
-        writer_options: ``threshold``, ``input_dir``, ``overwrite`` of :class:`~breastseg.workflows.inference.MaskWriter`.
+        writer_options: ``threshold``, ``input_dir``, ``overwrite``, ``keep_probabilities`` of :class:`~breastseg.workflows.inference.MaskWriter`.
 
     Expects an evaluator with ``decollate=False`` whose ``pred`` holds probabilities (after the sigmoid).
     """
@@ -43,6 +42,5 @@ class WholeImageMaskWriter(MaskWriter):
             image = sample["image"]
             prediction = MetaTensor(probabilities.detach().cpu().float(), meta=image.meta, applied_operations=image.applied_operations)
             restored = self.chain.inverse({"image": prediction})["image"]
-            mask = (restored[0] >= self.threshold).numpy().astype(np.uint8)
             affine = torch.as_tensor(restored.affine, dtype=torch.float64).numpy()
-            self.written += self._write(Path(str(image.meta["filename_or_obj"])), mask, affine)
+            self._finish(Path(str(image.meta["filename_or_obj"])), restored[0].numpy(), affine)

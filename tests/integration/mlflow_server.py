@@ -69,3 +69,36 @@ def running_mlflow_server(folder: Path):
         yield uri, process
     finally:
         stop_server(process)
+
+
+@contextmanager
+def serving_model(model_uri: str, tracking_uri: str, folder: Path):
+    """``mlflow models serve -m model_uri --env-manager local`` on 127.0.0.1 (a free port), the store at ``tracking_uri``;
+    yields the base URL once ``/ping`` answers, and stops the server on exit."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", OMP_NUM_THREADS="1")
+    # MLflow starts the scoring server as `uvicorn` from PATH: the venv's, as an activated venv has it
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    with open(folder / "serve.log", "a") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow models serve did not start: {(folder / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_server(process)
