@@ -342,6 +342,28 @@ def _run_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registered model versions: aliases, dataset, split, validation and test metrics")
+    p.add_argument("model", nargs="?", default=None, help="one registered model (the bundle's name); default all")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI, else mlflow/mlruns.db)")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from breastseg.workflows.registry import list_versions
+
+    rows = list_versions(args.model, tracking_uri=args.tracking_uri)
+    if not rows:
+        print("no registered model yet: train a bundle (python -m monai.bundle run training ...) or run breastseg demo")
+        return 0
+    columns = list(rows[0])
+    widths = {column: max(len(column), *(len(row[column]) for row in rows)) for column in columns}
+    print("  ".join(column.ljust(widths[column]) for column in columns).rstrip())
+    for row in rows:
+        print("  ".join(row[column].ljust(widths[column]) for column in columns).rstrip())
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -366,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_export_nnunet(sub)
     _add_promote(sub)
+    _add_models(sub)
     return parser
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "promotion_verdict",
     "TagEvaluatedModel",
     "promote",
+    "list_versions",
     "load_model",
 ]
 
@@ -441,6 +442,39 @@ def promote(model_name: str, version: str | int, tracking_uri: str | None = None
     client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     message = f"{model_name} version {version} is now models:/{model_name}@{CHAMPION_ALIAS}: {why}"
     return message + (" (--force)" if not ok else "")
+
+
+def list_versions(model_name: str | None = None, tracking_uri: str | None = None) -> list[dict[str, str]]:
+    """One row per registered version (of ``model_name``, else of every model), newest first: model, version, aliases,
+    dataset, split hash, validation key metric and test metric, what ``breastseg models`` prints."""
+    from mlflow.exceptions import MlflowException
+
+    from breastseg.workflows.tracking import default_tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    if model_name:
+        try:
+            client.get_registered_model(model_name)
+        except MlflowException:
+            raise UserValueError(f"no registered model {model_name!r} in {client.tracking_uri}: train that bundle first, or run breastseg models to list them") from None
+    names = [model_name] if model_name else sorted(model.name for model in client.search_registered_models())
+    rows = []
+    for name in names:
+        aliases: dict[str, list[str]] = {}
+        for alias, version in client.get_registered_model(name).aliases.items():
+            aliases.setdefault(str(version), []).append(alias)
+        for version in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
+            tags, metric = version.tags, _metric(version.tags)
+            rows.append({
+                "model": name,
+                "version": str(version.version),
+                "aliases": ",".join(sorted(aliases.get(str(version.version), []))) or "-",
+                "dataset": tags.get("dataset", "-"),
+                "split_hash": tags.get("split_hash", "-"),
+                "validation": f"{metric[0]}={metric[1]:.4f}" if metric else "-",
+                "test": ",".join(f"{k}={v}" for k, v in sorted(tags.items()) if k.endswith("test_mean_dice")) or "-",
+            })
+    return rows
 
 
 def load_model(name: str, tracking_uri: str | None = None) -> Any:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "tests" / "schemas"
@@ -60,6 +62,45 @@ def export_checkpoint(bundle: str, checkpoint: Path, target: Path) -> subprocess
     )
 
 
+def export_onnx(bundle: str, checkpoint: Path, target: Path, input_shape: tuple[int, ...]) -> subprocess.CompletedProcess:
+    """``onnx_export`` of ``bundle``'s ``network_def`` with ``checkpoint`` to ONNX ``target`` for inputs of ``input_shape``
+    (the flags of :func:`export_checkpoint`; traced, through torch's TorchScript-based exporter)."""
+    configs = ROOT / "bundles" / bundle / "configs"
+    return bundle_cli(
+        "onnx_export", "network_def", "--filepath", str(target), "--ckpt_file", str(checkpoint),
+        "--key_in_ckpt", "model", "--ckpt_dir", str(checkpoint.parent), "--meta_file", str(configs / "metadata.json"),
+        "--config_file", str(configs / "inference.json"), "--use_trace", "True", "--input_shape", str(list(input_shape)),
+        "--converter_kwargs", "{'dynamo': False}",
+    )
+
+
+def onnx_max_difference(bundle: str, checkpoint: Path, onnx_file: Path, input_shape: tuple[int, ...]) -> float:
+    """max |ONNX Runtime - PyTorch| on a seeded random input: the bundle's ``network_def`` built with ``checkpoint``'s
+    settings and weights against the exported file (printed, as the bundle docs quote it)."""
+    import onnxruntime
+    import torch
+    from monai.bundle import ConfigParser
+
+    from breastseg.workflows.model_context import load_weights
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.json"))
+    parser["ckpt_dir"] = str(checkpoint.parent)
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(load_weights(checkpoint))
+    image = torch.rand(input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = network.eval()(image).numpy()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    exported = session.run(None, {session.get_inputs()[0].name: image.numpy()})[0]
+    assert exported.shape == expected.shape
+    difference = float(np.abs(exported - expected).max())
+    print(f"{bundle}: ONNX vs PyTorch max difference {difference:.3g}")
+    return difference
+
+
 def client(workspace: dict) -> mlflow.MlflowClient:
     """A client of the test's MLflow server (``workspace["uri"]``)."""
     return mlflow.MlflowClient(tracking_uri=workspace["uri"])
@@ -78,3 +119,27 @@ def train(train_config: str, overrides: list[str], workspace: dict, epochs: int 
     )
     assert_ok(result)
     return result
+
+
+def native_shape(image: Path) -> tuple[int, int]:
+    """``(rows, columns)`` of a DICOM or PNG file as its header states them."""
+    if image.suffix.lower() == ".png":
+        from PIL import Image
+
+        with Image.open(image) as picture:
+            return picture.height, picture.width
+    import pydicom
+
+    header = pydicom.dcmread(image, stop_before_pixels=True)
+    return int(header.Rows), int(header.Columns)
+
+
+def served_prediction(model, image: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The mask (0/255) and probabilities a loaded registered model returns for ``image`` sent as base64 bytes."""
+    import pandas as pd
+
+    from breastseg.workflows.serving import decode_npy, decode_png
+
+    frame = pd.DataFrame({"image": [base64.b64encode(image.read_bytes()).decode("ascii")]})
+    (row,) = model.predict(frame, params={"return_probabilities": True}).to_dict("records")
+    return decode_png(row["mask"]), decode_npy(row["probabilities"])

@@ -16,7 +16,9 @@ import torch
 
 from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
 from breastseg.workflows.model_context import load_weights
-from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, find_runs, train, workspace_overrides
+from bundle_cli import (
+    ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, export_onnx, find_runs, native_shape, onnx_max_difference, served_prediction, train, workspace_overrides,
+)
 from mlflow_server import running_mlflow_server
 
 BUNDLE = ROOT / "bundles" / "brems_net"
@@ -70,11 +72,12 @@ def test_registered_model_serves_the_best_weights(workspace, trained, monkeypatc
     assert version.run_id == runs(workspace, "train")[0].info.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
     model = mlflow.pyfunc.load_model("models:/brems_net@candidate")
-    probabilities = model.predict(np.random.rand(2, 1, 64, 64).astype(np.float32))
-    assert probabilities.shape == (2, 1, 64, 64) and 0.0 <= probabilities.min() <= probabilities.max() <= 1.0
-    weights = load_weights(workspace["root"] / "models" / "model.pt")
-    served = model.unwrap_python_model().network.state_dict()
-    assert all(torch.equal(served[key], value) for key, value in weights.items())
+    served = model.unwrap_python_model().bundle / "models" / "model.pt"
+    assert served.read_bytes() == (workspace["root"] / "models" / "model.pt").read_bytes()
+    image = sorted(workspace["data"].glob("**/*full mammogram images*/1-1.dcm"))[0]
+    mask, probabilities = served_prediction(model, image)
+    assert mask.shape == probabilities.shape == native_shape(image)
+    assert 0.0 <= probabilities.min() <= probabilities.max() <= 1.0 and np.array_equal(mask > 0, probabilities >= 0.5)
 
 
 def test_evaluation_writes_table_2_and_the_pixel_roc(workspace, trained):
@@ -161,6 +164,12 @@ def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     assert_ok(result)
     scripted = torch.jit.load(str(target))
     assert scripted(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_checkpoint_exports_to_onnx(workspace, trained, tmp_path):
+    checkpoint = workspace["root"] / "models" / "model.pt"
+    assert_ok(export_onnx("brems_net", checkpoint, tmp_path / "model.onnx", (1, 1, 64, 64)))
+    assert onnx_max_difference("brems_net", checkpoint, tmp_path / "model.onnx", (1, 1, 64, 64)) < 1e-4  # the trained weights
 
 
 def test_crop_training_with_hard_negatives_recalibrates_on_a_subset(workspace, tmp_path):

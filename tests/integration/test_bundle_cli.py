@@ -30,7 +30,7 @@ from breastseg.workflows.data.synthetic import cbis_ddsm
 from breastseg.workflows.errors import UserValueError
 from breastseg.workflows.model_context import load_weights
 from breastseg.workflows.serving import decode_npy, decode_png
-from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, find_runs, run_command, train, workspace_overrides
+from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, export_onnx, find_runs, onnx_max_difference, run_command, train, workspace_overrides
 from mlflow_server import free_port, running_mlflow_server, serving_model
 
 BUNDLE = ROOT / "bundles" / "unetplusplus_mammo"
@@ -354,6 +354,12 @@ def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
         difference = (scripted(image) - network.eval()(image)).abs().max().item()
     print(f"TorchScript vs PyTorch max difference: {difference:.3g}")
     assert difference < 1e-4  # the trained weights, not a fresh network
+
+
+def test_checkpoint_exports_to_onnx(workspace, trained, tmp_path):
+    checkpoint = workspace["root"] / "models" / "model.pt"
+    assert_ok(export_onnx("unetplusplus_mammo", checkpoint, tmp_path / "model.onnx", (1, 1, 32, 32)))
+    assert onnx_max_difference("unetplusplus_mammo", checkpoint, tmp_path / "model.onnx", (1, 1, 32, 32)) < 1e-4  # the trained weights
 
 
 def test_multi_gpu_config_trains_with_gloo_on_cpu(workspace):

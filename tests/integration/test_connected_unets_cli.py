@@ -17,7 +17,7 @@ from PIL import Image
 
 from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
 from breastseg.workflows.model_context import load_weights
-from bundle_cli import ROOT, assert_ok, bundle_cli, client, export_checkpoint, find_runs, train
+from bundle_cli import ROOT, assert_ok, bundle_cli, client, export_checkpoint, export_onnx, find_runs, native_shape, onnx_max_difference, served_prediction, train
 from mlflow_server import running_mlflow_server
 
 BUNDLE = ROOT / "bundles" / "connected_unets"
@@ -63,14 +63,16 @@ def test_training_uses_the_papers_settings_and_is_tracked(workspace, trained):
     assert any(key.startswith("encoder2.") for key in state) and any(".conv7." in key for key in state)  # ++ blocks
 
 
-def test_best_model_is_registered_and_serves_probabilities(workspace, trained, monkeypatch):
+def test_best_model_is_registered_and_serves_a_mammogram_at_native_size(workspace, trained, monkeypatch):
     version = client(workspace).get_model_version_by_alias("connected_unets", "candidate")
     (run,) = [r for r in runs(workspace, "train") if r.data.tags["dataset"] == "cbis-ddsm"]
     assert version.run_id == run.info.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
     model = mlflow.pyfunc.load_model("models:/connected_unets@candidate")
-    probabilities = model.predict(np.random.rand(1, 1, 32, 32).astype(np.float32))
-    assert probabilities.shape == (1, 1, 32, 32) and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    image = sorted((workspace["root"] / "cbis").glob("**/*full mammogram images*/1-1.dcm"))[0]
+    mask, probabilities = served_prediction(model, image)  # the whole-image chain's padding and resizing undone
+    assert mask.shape == probabilities.shape == native_shape(image)
+    assert 0.0 <= probabilities.min() <= probabilities.max() <= 1.0 and np.array_equal(mask > 0, probabilities >= 0.5)
 
 
 def test_evaluation_reports_table_3_metrics_and_table_4_thresholds(workspace, trained):
@@ -131,6 +133,12 @@ def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     assert_ok(result)
     scripted = torch.jit.load(str(target))
     assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+def test_checkpoint_exports_to_onnx(workspace, trained, tmp_path):
+    checkpoint = workspace["root"] / "cbis_models" / "model.pt"
+    assert_ok(export_onnx("connected_unets", checkpoint, tmp_path / "model.onnx", (1, 1, 32, 32)))
+    assert onnx_max_difference("connected_unets", checkpoint, tmp_path / "model.onnx", (1, 1, 32, 32)) < 1e-4  # the trained weights
 
 
 def test_crop_training_recalibrates_batch_norm_on_the_cached_whole_images(workspace, tmp_path):

@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from breastseg.workflows.data.synthetic import busi, udiat
-from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, find_runs, train, workspace_overrides
+from bundle_cli import (
+    ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, export_onnx, find_runs, native_shape, onnx_max_difference, served_prediction, train, workspace_overrides,
+)
 from mlflow_server import running_mlflow_server
 
 BUNDLE = ROOT / "bundles" / "hybrid_attention_us"
@@ -61,8 +63,10 @@ def test_training_tracks_validation_loss_and_registers_the_model(workspace, trai
     assert version.run_id == run.info.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
     model = mlflow.pyfunc.load_model("models:/hybrid_attention_us@candidate")
-    probabilities = model.predict(np.random.rand(2, 1, 32, 32).astype(np.float32))
-    assert probabilities.shape == (2, 1, 32, 32) and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    image = sorted(p for p in workspace["data"].glob("**/*.png") if "_mask" not in p.stem)[0]
+    mask, probabilities = served_prediction(model, image)  # a BUSI PNG as sent, its mask at its own size
+    assert mask.shape == probabilities.shape == native_shape(image)
+    assert 0.0 <= probabilities.min() <= probabilities.max() <= 1.0 and np.array_equal(mask > 0, probabilities >= 0.5)
 
 
 def test_evaluation_reports_the_papers_metrics(workspace, trained):
@@ -141,3 +145,9 @@ def test_checkpoint_exports_to_torchscript(workspace, trained, tmp_path):
     result = export_checkpoint("hybrid_attention_us", workspace["root"] / "models" / "model.pt", target)
     assert_ok(result)
     assert torch.jit.load(str(target))(torch.zeros(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_checkpoint_exports_to_onnx(workspace, trained, tmp_path):
+    checkpoint = workspace["root"] / "models" / "model.pt"
+    assert_ok(export_onnx("hybrid_attention_us", checkpoint, tmp_path / "model.onnx", (1, 1, 64, 64)))
+    assert onnx_max_difference("hybrid_attention_us", checkpoint, tmp_path / "model.onnx", (1, 1, 64, 64)) < 1e-4  # the trained weights

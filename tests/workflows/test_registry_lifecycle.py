@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -120,6 +121,20 @@ def test_promote_command_refuses_in_one_line(project):
     assert line.startswith("error: ") and "is not promoted" in line and "--force" in line
 
 
+def test_models_command_lists_versions_with_aliases_and_metrics(project):
+    command = [str(Path(sys.executable).with_name("breastseg")), "models", MODEL, "--tracking-uri", project["uri"]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["model", "version", "aliases", "dataset", "split_hash", "validation", "test"]
+    by_version = {row.split()[1]: row.split() for row in rows}
+    assert set(by_version) == set(project["versions"].values())
+    v3 = by_version[project["versions"]["v3"]]
+    assert "candidate-inbreast" in v3[2] and v3[3] == "inbreast" and v3[4] == split_hash(SPLIT_B) and v3[5] == "val_mean_dice=0.9000"
+    missing = subprocess.run([*command[:2], "nonexistent", *command[3:]], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and missing.stderr.strip().startswith("error: no registered model 'nonexistent'")
+
+
 def test_load_model_finds_the_project_store_without_an_exported_uri(project, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tracking, "PROJECT_ROOT", project["root"])
@@ -128,10 +143,10 @@ def test_load_model_finds_the_project_store_without_an_exported_uri(project, mon
     assert mlflow.get_tracking_uri() == before
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     assert mlflow.get_tracking_uri() == "sqlite:///elsewhere.db"  # nothing pinned: the environment still decides
-    signature = model.metadata.get_input_schema().inputs[0]
-    assert tuple(signature.shape) == (-1, 1, 32, 32)  # the trained image_size
-    probabilities = model.predict(np.random.rand(2, 1, 32, 32).astype(np.float32))
-    assert probabilities.shape == (2, 1, 32, 32)
+    assert model.metadata.get_input_schema().input_names() == ["image", "array", "roi"]
+    pixels = np.random.default_rng(0).integers(0, 4096, (50, 40))
+    predictions = model.predict(pd.DataFrame({"array": [pixels]}))
+    assert (predictions["rows"][0], predictions["columns"][0]) == (50, 40)  # the image's own size, not the trained 32
     json.dumps(model.metadata.to_dict())  # the metadata is plain
 
 
@@ -142,7 +157,7 @@ def test_the_readme_snippet_runs_as_written(project, monkeypatch):
     (snippet,) = [block for block in readme.split("```python\n")[1:] if "load_model(" in block.split("```")[0]]
     namespace: dict = {}
     exec(snippet.split("```")[0], namespace)
-    assert namespace["size"] == 32 and namespace["probabilities"].shape == (1, 1, 32, 32)
+    assert namespace["mask"].shape == namespace["pixels"].shape and set(np.unique(namespace["mask"])) <= {0, 255}
 
 
 def test_evaluation_tags_the_evaluated_version_with_its_test_metrics(project):
