@@ -31,19 +31,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
-import numpy as np
-import torch
 from ignite.engine import Engine, Events
 
 from breastseg.workflows.errors import UserValueError
-from breastseg.workflows.model_context import checkpoint_id, load_weights, read_context
+from breastseg.workflows.model_context import checkpoint_id, read_context
+from breastseg.workflows.serving import TRAINED_WITH, ImageBundleModel
 from breastseg.workflows.tracking import quiet_mlflow
 
 quiet_mlflow()
 
 __all__ = [
-    "NetworkModel",
-    "BundleModel",
     "pinned_requirements",
     "code_paths",
     "log_bundle_model",
@@ -62,56 +59,9 @@ __all__ = [
 logger = logging.getLogger("breastseg.registry")
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
-#: overrides of ``inference.json`` recording how the registered weights were trained
-TRAINED_WITH = "trained_with.json"
 _BUNDLE_PARTS = ("configs", "docs", "LICENSE")
 #: the project's packages (``breastseg.<name>`` lives in the folder ``<name>``), logged with every model
 PROJECT_PACKAGES = ("networks", "transforms", "workflows")
-
-
-class NetworkModel(mlflow.pyfunc.PythonModel):
-    """An MLflow model whose ``load_context`` builds ``self.network`` from the logged bundle's weights.
-
-    The network is never pickled: ``log_model`` loads the model once to check the input example and
-    pickles the instance afterwards, which would store a second copy of the weights beside ``model.pt``.
-    ``predict`` has no type hints on purpose (MLflow would read them as a schema), so MLflow's type-hint
-    validation, and its advice to add hints on every run, are turned off.
-    """
-
-    _skip_type_hint_validation = True  # read by mlflow.pyfunc.PythonModel.__init_subclass__
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items() if key != "network"}
-
-    def log_arguments(self, input_shape: tuple[int, ...]) -> dict[str, Any]:
-        """``log_model`` arguments describing the input: an all-zero float32 batch of one ``input_shape`` tensor."""
-        return {"input_example": np.zeros((1, *input_shape), dtype=np.float32)}
-
-
-class BundleModel(NetworkModel):
-    """A MONAI bundle's network served through MLflow on tensors already preprocessed by the bundle's chain:
-    ``predict`` returns sigmoid probabilities. The two-stage bundle's segmenter (whose chain needs the detector)
-    is served this way; single-network bundles serve images (:class:`~breastseg.workflows.serving.ImageBundleModel`)."""
-
-    def load_context(self, context: Any) -> None:
-        from monai.bundle import ConfigParser
-
-        bundle = Path(context.artifacts["bundle"])
-        parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / "inference.json"))
-        parser["bundle_root"] = str(bundle)
-        trained_with = bundle / "configs" / TRAINED_WITH
-        if trained_with.is_file():  # the network settings the weights were trained with
-            parser.update(json.loads(trained_with.read_text()))
-        self.network = parser.get_parsed_content("network_def")
-        self.network.load_state_dict(load_weights(bundle / "models" / "model.pt"))
-        self.network.eval()
-
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema
-        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        with torch.no_grad():
-            logits = self.network(images)
-        return torch.sigmoid(logits).numpy()
 
 
 def pinned_requirements() -> list[str]:
@@ -198,7 +148,7 @@ def log_bundle_model(
     """Log the bundle with ``weights`` as the run's model, register it as ``model_name`` and set ``alias``.
 
     ``python_model`` serves it (default :class:`~breastseg.workflows.serving.ImageBundleModel`, images in; the
-    two-stage bundle passes :class:`BundleModel` and its detector its own). Its requirements are pinned to the
+    two-stage bundle passes :class:`~breastseg.workflows.serving.BundleModel` and its detector its own). Its requirements are pinned to the
     installed versions (:func:`pinned_requirements`) and the project's code travels with it (:func:`code_paths`). The version gets ``tags`` and :func:`version_tags` of ``weights``;
     when they name a dataset, the alias ``<alias>-<dataset>`` moves to it too.
 
@@ -207,10 +157,7 @@ def log_bundle_model(
     bundle_root, weights = Path(bundle_root), Path(weights)
     if not weights.is_file():
         raise FileNotFoundError(f"no trained weights at {weights}: nothing to register")
-    if python_model is None:
-        from breastseg.workflows.serving import ImageBundleModel
-
-        python_model = ImageBundleModel()
+    python_model = python_model or ImageBundleModel()
     with _tracking_uri(tracking_uri), tempfile.TemporaryDirectory() as staging:
         staged = _stage_bundle(bundle_root, weights, Path(staging) / "bundle", network_settings)
         with mlflow.start_run(run_id=run_id):

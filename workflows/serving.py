@@ -16,6 +16,9 @@ mapping back to the original grid as the command line. It returns one row per in
 the bytes of the ``<stem>_pred.png`` the command line writes), ``rows``, ``columns``, ``lesion_pixels`` and, with the
 parameter ``return_probabilities``, ``probabilities`` (a base64 ``.npy`` of float32 probabilities, same size).
 :func:`decode_png` and :func:`decode_npy` turn them back into arrays.
+
+:class:`BundleModel` serves a network on tensors already preprocessed (the two-stage bundle's segmenter, whose chain
+needs its detector too); :class:`NetworkModel` is the base of every served model, the detector's included.
 """
 
 from __future__ import annotations
@@ -31,12 +34,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import mlflow
 import numpy as np
+import torch
 
 from breastseg.workflows.errors import UserValueError
-from breastseg.workflows.registry import TRAINED_WITH, NetworkModel
+from breastseg.workflows.model_context import load_weights
 
 __all__ = [
+    "TRAINED_WITH",
+    "NetworkModel",
+    "BundleModel",
     "ImageBundleModel",
     "signature",
     "input_example",
@@ -46,6 +54,8 @@ __all__ = [
     "decode_npy",
 ]
 
+#: overrides of ``inference.json`` recording how the registered weights were trained
+TRAINED_WITH = "trained_with.json"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DICOM_MAGIC_OFFSET = 128
 
@@ -256,6 +266,51 @@ def _quarantine_reason(output_dir: Path, name: str) -> str:
     entries = json.loads(quarantine.read_text()) if quarantine.is_file() else []
     reasons = [entry.get("reason", "") for entry in entries if isinstance(entry, dict) and name in str(entry.get("path", ""))]
     return f": {reasons[0]}" if reasons else ""
+
+
+class NetworkModel(mlflow.pyfunc.PythonModel):
+    """An MLflow model whose ``load_context`` builds ``self.network`` from the logged bundle's weights.
+
+    The network is never pickled: ``log_model`` loads the model once to check the input example and
+    pickles the instance afterwards, which would store a second copy of the weights beside ``model.pt``.
+    ``predict`` has no type hints on purpose (MLflow would read them as a schema), so MLflow's type-hint
+    validation, and its advice to add hints on every run, are turned off.
+    """
+
+    _skip_type_hint_validation = True  # read by mlflow.pyfunc.PythonModel.__init_subclass__
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "network"}
+
+    def log_arguments(self, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        """``log_model`` arguments describing the input: an all-zero float32 batch of one ``input_shape`` tensor."""
+        return {"input_example": np.zeros((1, *input_shape), dtype=np.float32)}
+
+
+class BundleModel(NetworkModel):
+    """A MONAI bundle's network served through MLflow on tensors already preprocessed by the bundle's chain:
+    ``predict`` returns sigmoid probabilities. The two-stage bundle's segmenter (whose chain needs the detector)
+    is served this way; single-network bundles serve images (:class:`ImageBundleModel`)."""
+
+    def load_context(self, context: Any) -> None:
+        from monai.bundle import ConfigParser
+
+        bundle = Path(context.artifacts["bundle"])
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "inference.json"))
+        parser["bundle_root"] = str(bundle)
+        trained_with = bundle / "configs" / TRAINED_WITH
+        if trained_with.is_file():  # the network settings the weights were trained with
+            parser.update(json.loads(trained_with.read_text()))
+        self.network = parser.get_parsed_content("network_def")
+        self.network.load_state_dict(load_weights(bundle / "models" / "model.pt"))
+        self.network.eval()
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow reads them as a schema
+        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        with torch.no_grad():
+            logits = self.network(images)
+        return torch.sigmoid(logits).numpy()
 
 
 class ImageBundleModel(NetworkModel):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from breastseg.networks.yolov3 import YOLOv3
-from breastseg.workflows.registry import NetworkModel
+from breastseg.workflows.serving import NetworkModel
 
 __all__ = ["detector_settings", "build_detector", "load_detector", "DetectorModel"]
 
