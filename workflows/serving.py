@@ -48,6 +48,7 @@ __all__ = [
     "ImageBundleModel",
     "signature",
     "input_example",
+    "stage_inputs",
     "run_bundle_inference",
     "encode_png",
     "decode_png",
@@ -127,10 +128,12 @@ def _pixels_to_png(row: int, array: Any) -> bytes:
     pixels = np.asarray(array)
     if pixels.ndim != 2 or min(pixels.shape) < 1:
         raise UserValueError(f"row {row}: 'array' must be a 2-D image (rows, columns), got shape {pixels.shape}")
-    if pixels.dtype.kind not in "biu" or pixels.min() < 0 or pixels.max() > 65535:
+    if pixels.dtype.kind not in "biu":
+        raise UserValueError(f"row {row}: 'array' must hold integer pixel values (8- or 16-bit), got {pixels.dtype}; send the DICOM or PNG file instead")
+    if pixels.min() < 0 or pixels.max() > 65535:
         raise UserValueError(
-            f"row {row}: 'array' must hold integer pixel values from 0 to 65535 (8- or 16-bit), got {pixels.dtype} "
-            f"from {pixels.min()} to {pixels.max()}; send the DICOM or PNG file instead"
+            f"row {row}: 'array' values must lie from 0 to 65535 (8- or 16-bit), got {pixels.min()} to {pixels.max()}; "
+            "send the DICOM or PNG file instead"
         )
     eight_bit = pixels.dtype in (np.uint8, np.bool_) or pixels.max() <= 255
     buffer = io.BytesIO()
@@ -138,11 +141,18 @@ def _pixels_to_png(row: int, array: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _existing_file(value: str) -> Path | None:
+    try:
+        return Path(value) if Path(value).is_file() else None
+    except (OSError, ValueError):  # base64 text is no file name (too long for one, or holding a NUL)
+        return None
+
+
 def _image_file(row: int, value: str, folder: Path) -> Path:
     """``value`` (a path, or base64 bytes) as a file in ``folder`` named after the row, with the suffix of its format."""
     stem = folder / f"row{row:05d}"
-    source = Path(value) if len(value) < 4096 else None
-    if source is not None and source.is_file():
+    source = _existing_file(value)
+    if source is not None:
         with open(source, "rb") as handle:
             suffix = _kind(handle.read(_DICOM_MAGIC_OFFSET + 4))
         if suffix is None:
@@ -327,6 +337,8 @@ class ImageBundleModel(NetworkModel):
         import pandas as pd
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if frame.empty:
+            raise UserValueError("no input row: send one row per image ('image' or 'array')")
         with_probabilities = bool((params or {}).get("return_probabilities", False))
         with tempfile.TemporaryDirectory(prefix="breastseg-serve-") as scratch:
             files, roi_file = stage_inputs(frame, Path(scratch))
