@@ -1,4 +1,5 @@
-"""A real ``mlflow server`` on 127.0.0.1 with a SQLite store, and ``mlflow models serve`` of a registered model, started and stopped by the tests."""
+"""A real ``mlflow server`` on 127.0.0.1 with a SQLite store, and ``mlflow models serve`` of a registered model,
+started and stopped by the tests."""
 
 from __future__ import annotations
 
