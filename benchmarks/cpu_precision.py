@@ -4,7 +4,7 @@ Run: ``python benchmarks/cpu_precision.py [--threads 2] [--repeats 3] [--network
 
 For each network, one training step (forward, loss, backward, Adam) on a batch of 8 crops and one
 evaluation forward on a batch of 8 whole inputs are timed in float32 (the reference) and through the
-harness's CPU mixed precision (:func:`breastseg.workflows.precision.resolve_precision` with ``amp=True``),
+harness's CPU mixed precision (:func:`breastseg.workflows.engine.precision.resolve_precision` with ``amp=True``),
 alternating, median of ``--repeats``. Printed: seconds and the float32 / bfloat16 ratio (> 1: bfloat16 is
 faster), and the largest difference of the evaluation probabilities. The speed-up needs a CPU with native
 bfloat16 (AVX512-BF16 or AMX, reported on the first line); elsewhere bfloat16 is slower.
@@ -21,7 +21,7 @@ import torch
 from monai.inferers import SimpleInferer
 
 from breastseg.networks import build_network
-from breastseg.workflows.precision import resolve_precision
+from breastseg.workflows.engine.precision import resolve_precision
 
 NETWORKS = {
     # name: (build_network kwargs, training crop, evaluation size)

@@ -231,7 +231,7 @@ def harness_run(
 
 def ceiling_run(bundle: str, overrides: dict[str, Any], device: str, steps: int) -> float:
     """Images/s of a plain loop over batches pre-staged on the device (fresh network, same loss)."""
-    from breastseg.workflows.harness import plain_batch
+    from breastseg.workflows.engine.harness import plain_batch
 
     with tempfile.TemporaryDirectory() as tmp:
         parser = parser_for(bundle, Path(tmp), device, overrides)
@@ -309,7 +309,7 @@ def metatensor_cost(trainer: Any, network: torch.nn.Module, batch: dict, device:
 
 def metric_ms(size: int, repeats: int = 5) -> dict[str, float]:
     """Host ms per image of the validation metrics at ``size``: lesion-like and noisy predictions."""
-    from breastseg.workflows.evaluation import binary_postprocessing
+    from breastseg.workflows.engine.postprocessing import binary_postprocessing
     from breastseg.workflows.metrics import LesionSegmentationMetric
     from breastseg.workflows.metrics.roc import PixelROCAUC
 

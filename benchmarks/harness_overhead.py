@@ -4,7 +4,7 @@ Run: ``python benchmarks/harness_overhead.py [--epochs 3] [--size 64] [--threads
 
 Both train UNet++ (the default bundle's network) with Adam and the Dice loss on the same cached
 samples (random flips applied per sample each epoch, as the bundles do). The harness run is
-:func:`breastseg.workflows.harness.build_trainer` with the handlers every bundle attaches (loss guard,
+:func:`breastseg.workflows.engine.harness.build_trainer` with the handlers every bundle attaches (loss guard,
 epoch loss, log lines, last-epoch checkpoint); the reference is a bare PyTorch loop over the same
 ``DataLoader``. The two alternate, epoch for epoch after a warm-up, and the ratio of the median epoch
 times is printed, with the share of the harness's step time spent waiting for batches (measured on
@@ -24,9 +24,9 @@ from monai.transforms import Compose, RandFlipd
 
 from breastseg.networks import build_network
 from breastseg.networks.losses import dice_loss
-from breastseg.workflows.checkpoints import EpochCheckpointer
-from breastseg.workflows.datasets import SampleCacheDataset, build_loader
-from breastseg.workflows.harness import build_trainer, progress_handlers
+from breastseg.workflows.engine.checkpoints import EpochCheckpointer
+from breastseg.workflows.engine.datasets import SampleCacheDataset, build_loader
+from breastseg.workflows.engine.harness import build_trainer, progress_handlers
 
 
 def make_samples(count: int, size: int) -> list[dict]:

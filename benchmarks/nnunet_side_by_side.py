@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from breastseg.workflows import bundle_runs
-from breastseg.workflows.compare import compare_methods
+from breastseg.workflows.commands import bundle_runs
+from breastseg.workflows.commands.compare import compare_methods
+from breastseg.workflows.commands.nnunet_export import DEFAULT_BUNDLE, export_nnunet
 from breastseg.workflows.data.synthetic import generate
-from breastseg.workflows.nnunet_export import DEFAULT_BUNDLE, export_nnunet
 
 TRAINERS = Path(__file__).resolve().parent / "nnunet_trainers"
 TRAINER = "nnUNetTrainerWallClock"  # its results folder: <dataset>/nnUNetTrainerWallClock__nnUNetPlans__2d

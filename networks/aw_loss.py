@@ -26,7 +26,7 @@ class AWLoss(_Loss):
 
     After each call, :py:attr:`terms` holds the weights and focal losses of that call as detached scalar tensors,
     ``{"aw_weight_<head>": w, "aw_focal_<head>": FL}``, for logging (see
-    :py:class:`breastseg.workflows.loss_terms.LossTermsAverage`).
+    :py:class:`breastseg.workflows.engine.loss_terms.LossTermsAverage`).
 
     Args:
         gamma: focusing parameter of the focal loss (2 in the paper).

@@ -13,7 +13,7 @@ from tempfile import TemporaryDirectory
 import torch
 from monai.bundle import ConfigParser
 
-from breastseg.workflows.bundle import locate_bundle, split_settings
+from breastseg.workflows.commands.bundle import locate_bundle, split_settings
 from breastseg.workflows.data.datalist import build_datalist, fold_split, format_summary, load_datalist, write_datalist
 from breastseg.workflows.data.synthetic import generate
 

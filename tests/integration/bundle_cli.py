@@ -81,7 +81,7 @@ def onnx_max_difference(bundle: str, checkpoint: Path, onnx_file: Path, input_sh
     import torch
     from monai.bundle import ConfigParser
 
-    from breastseg.workflows.model_context import load_weights
+    from breastseg.workflows.engine.model_context import load_weights
 
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.json"))
@@ -138,7 +138,7 @@ def served_prediction(model, image: Path) -> tuple[np.ndarray, np.ndarray]:
     """The mask (0/255) and probabilities a loaded registered model returns for ``image`` sent as base64 bytes."""
     import pandas as pd
 
-    from breastseg.workflows.serving import decode_npy, decode_png
+    from breastseg.workflows.tracking.serving import decode_npy, decode_png
 
     frame = pd.DataFrame({"image": [base64.b64encode(image.read_bytes()).decode("ascii")]})
     (row,) = model.predict(frame, params={"return_probabilities": True}).to_dict("records")

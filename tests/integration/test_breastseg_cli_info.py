@@ -9,7 +9,7 @@ import pytest
 
 from bundle_cli import ROOT, assert_ok, breastseg_cli
 
-from breastseg.workflows.bundle import bundle_summaries
+from breastseg.workflows.commands.bundle import bundle_summaries
 from breastseg.workflows.errors import UserError
 
 

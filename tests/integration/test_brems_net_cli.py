@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
-from breastseg.workflows.model_context import load_weights
+from breastseg.workflows.engine.model_context import load_weights
 from bundle_cli import (
     ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, export_onnx, find_runs, native_shape, onnx_max_difference, served_prediction, train, workspace_overrides,
 )

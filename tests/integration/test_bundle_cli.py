@@ -27,9 +27,9 @@ from PIL import Image
 
 from breastseg.networks import build_network
 from breastseg.workflows.data.synthetic import cbis_ddsm
+from breastseg.workflows.engine.model_context import load_weights
 from breastseg.workflows.errors import UserValueError
-from breastseg.workflows.model_context import load_weights
-from breastseg.workflows.serving import decode_npy, decode_png
+from breastseg.workflows.tracking.serving import decode_npy, decode_png
 from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, export_onnx, find_runs, onnx_max_difference, run_command, train, workspace_overrides
 from mlflow_server import free_port, running_mlflow_server, serving_model
 

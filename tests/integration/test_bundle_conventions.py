@@ -40,8 +40,8 @@ def test_bundle_has_the_zoo_files_and_run_ids(bundle):
     assert not missing, f"{bundle}: missing {missing}"
     train = json.loads((folder / "configs" / "train.json").read_text())
     assert {"training", "run", "initialize", "finalize", "max_epochs", "dataset", "dataset_dir", "device"} <= set(train)
-    assert train["train"]["trainer"]["_target_"] == "breastseg.workflows.harness.build_trainer"  # the one harness
-    assert train["validate"]["evaluator"]["_target_"] == "breastseg.workflows.harness.build_evaluator"
+    assert train["train"]["trainer"]["_target_"] == "breastseg.workflows.engine.harness.build_trainer"  # the one harness
+    assert train["validate"]["evaluator"]["_target_"] == "breastseg.workflows.engine.harness.build_evaluator"
     assert "evaluating" in json.loads((folder / "configs" / "evaluate.json").read_text())
     assert "inference" in json.loads((folder / "configs" / "inference.json").read_text())
     metadata = json.loads((folder / "configs" / "metadata.json").read_text())

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from breastseg.workflows.data.synthetic import cbis_ddsm, inbreast
-from breastseg.workflows.model_context import load_weights
+from breastseg.workflows.engine.model_context import load_weights
 from bundle_cli import ROOT, assert_ok, bundle_cli, client, export_checkpoint, export_onnx, find_runs, native_shape, onnx_max_difference, served_prediction, train
 from mlflow_server import running_mlflow_server
 

@@ -15,7 +15,7 @@ import mlflow
 import torch
 from ignite.engine import Engine
 
-from breastseg.workflows.tracking import tracker
+from breastseg.workflows.tracking.runs import tracker
 from mlflow_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

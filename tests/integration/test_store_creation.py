@@ -15,7 +15,7 @@ _TRAINING_START = """
 import sys, time
 from pathlib import Path
 import mlflow
-from breastseg.workflows.tracking import check_tracking_server, default_tracking_uri
+from breastseg.workflows.tracking.runs import check_tracking_server, default_tracking_uri
 project, go = Path(sys.argv[1]), Path(sys.argv[2])
 (go.parent / ("ready-" + sys.argv[3])).touch()
 while not go.exists():

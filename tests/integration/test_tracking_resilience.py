@@ -13,10 +13,10 @@ from ignite.engine import Events
 from monai.data import DataLoader, Dataset
 from monai.handlers import ValidationHandler
 
-from breastseg.workflows.checkpoints import LAST_CHECKPOINT_FILE, EpochCheckpointer
-from breastseg.workflows.harness import build_evaluator, build_trainer, progress_handlers
-from breastseg.workflows.tracking import check_tracking_server, tracker
-from breastseg.workflows.validation_loss import logits_postprocessing, validation_loss_metric
+from breastseg.workflows.engine.checkpoints import LAST_CHECKPOINT_FILE, EpochCheckpointer
+from breastseg.workflows.engine.harness import build_evaluator, build_trainer, progress_handlers
+from breastseg.workflows.engine.validation_loss import logits_postprocessing, validation_loss_metric
+from breastseg.workflows.tracking.runs import check_tracking_server, tracker
 from mlflow_server import free_port, running_mlflow_server, start_server, stop_server
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from breastseg.workflows.data.synthetic import cbis_ddsm
-from breastseg.workflows.detection import load_detector, read_anchors
+from breastseg.workflows.two_stage.detection import load_detector, read_anchors
 from bundle_cli import ROOT, assert_ok, bundle_cli, client, find_runs, workspace_overrides
 from mlflow_server import running_mlflow_server
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from breastseg.workflows.bundle import prepare_datalist
+from breastseg.workflows.commands.bundle import prepare_datalist
 from breastseg.workflows.data.synthetic import busi
 from bundle_cli import ROOT, bundle_cli
 

@@ -8,7 +8,7 @@ import torch
 from ignite.engine import Engine
 
 from breastseg.networks import AWLoss
-from breastseg.workflows.loss_terms import LossTermsAverage
+from breastseg.workflows.engine.loss_terms import LossTermsAverage
 
 torch.set_num_threads(1)
 

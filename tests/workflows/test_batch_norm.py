@@ -6,9 +6,10 @@ import pytest
 import torch
 from monai.data import DataLoader, Dataset
 
-from breastseg.workflows.batch_norm import RecalibrateBatchNorm, evenly_spaced, recalibrate_batch_norm
-from breastseg.workflows.evaluation import binary_postprocessing, key_metric
-from breastseg.workflows.harness import build_evaluator
+from breastseg.workflows.engine.batch_norm import RecalibrateBatchNorm, evenly_spaced, recalibrate_batch_norm
+from breastseg.workflows.engine.harness import build_evaluator
+from breastseg.workflows.engine.postprocessing import binary_postprocessing
+from breastseg.workflows.evaluation.evaluate import key_metric
 
 torch.set_num_threads(1)
 

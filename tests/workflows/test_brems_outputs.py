@@ -13,8 +13,8 @@ from monai.data import list_data_collate
 from PIL import Image
 
 from breastseg.transforms.chains import brems_net
-from breastseg.workflows.paper_tables import PixelROCWriter, format_table, table_row, write_table
-from breastseg.workflows.whole_image import WholeImageMaskWriter
+from breastseg.workflows.evaluation.paper_tables import PixelROCWriter, format_table, table_row, write_table
+from breastseg.workflows.evaluation.whole_image import WholeImageMaskWriter
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from breastseg.workflows.bundle import check_cli_overrides, prepare_datalist, run_config, select_records
+from breastseg.workflows.commands.bundle import check_cli_overrides, prepare_datalist, run_config, select_records
 from breastseg.workflows.data.synthetic import cbis_ddsm
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from breastseg.workflows import bundle_runs
-from breastseg.workflows.tracking import PROJECT_ROOT
+from breastseg.workflows.commands import bundle_runs
+from breastseg.workflows.tracking.runs import PROJECT_ROOT
 
 
 def test_bundle_configs_names_the_missing_bundle():

@@ -14,9 +14,9 @@ import mlflow
 import numpy as np
 from scipy.stats import bootstrap, wilcoxon
 
-from breastseg.workflows.cli import main
-from breastseg.workflows.compare import compare_methods, friedman_nemenyi, load_case_scores
-from breastseg.workflows.paired_stats import holm, paired_comparison
+from breastseg.workflows.commands.cli import main
+from breastseg.workflows.commands.compare import compare_methods, friedman_nemenyi, load_case_scores
+from breastseg.workflows.commands.paired_stats import holm, paired_comparison
 
 # 6 cases x 4 methods, no ties within a case
 TABLE = np.array(

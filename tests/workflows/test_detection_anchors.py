@@ -7,7 +7,7 @@ import unittest
 import numpy as np
 from parameterized import parameterized
 
-from breastseg.workflows.detection import box_sizes, kmeans_anchors, mean_best_iou, size_iou
+from breastseg.workflows.two_stage.detection import box_sizes, kmeans_anchors, mean_best_iou, size_iou
 
 # nine well separated shapes, increasing area: 80, 280, 450, 1500, 2200, 6000, 8800, 28500, 84000
 TRUE_ANCHORS = np.array(

@@ -10,7 +10,7 @@ import torch
 from parameterized import parameterized
 
 from breastseg.transforms.spatial.boxes import MaskToBoxes, MaskToBoxesd, RandFlipBoxesd, clip_boxes, scale_boxes
-from breastseg.workflows.detection import (
+from breastseg.workflows.two_stage.detection import (
     FrameGeometry,
     ResizeWithBoxesd,
     ToDetectorFramed,

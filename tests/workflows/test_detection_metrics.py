@@ -8,7 +8,7 @@ import unittest
 import numpy as np
 from parameterized import parameterized
 
-from breastseg.workflows.detection import average_precision, froc_curve, match_detections
+from breastseg.workflows.two_stage.detection import average_precision, froc_curve, match_detections
 
 # image 0: two lesions, one found, one found with a duplicate, plus a false positive elsewhere
 # image 1: normal image with one false positive; image 2: one lesion, missed

@@ -9,7 +9,7 @@ import torch
 from parameterized import parameterized
 
 from breastseg.networks import YOLOv3
-from breastseg.workflows.detection import (
+from breastseg.workflows.two_stage.detection import (
     PAPER_VIEW_SIZES,
     MultiScaleFusion,
     detect_at_scales,

@@ -13,7 +13,7 @@ import torch
 from ignite.engine import Engine
 
 from breastseg.networks import YOLOv3, YOLOv3Loss
-from breastseg.workflows.detection import (
+from breastseg.workflows.two_stage.detection import (
     DetectorLoss,
     MultiScaleResize,
     MultiScaleSchedule,

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from breastseg.workflows.detection import DecodeDetections, DetectionAP, collate_boxes, detection_tables
-from breastseg.workflows.harness import build_evaluator
+from breastseg.workflows.engine.harness import build_evaluator
+from breastseg.workflows.two_stage.detection import DecodeDetections, DetectionAP, collate_boxes, detection_tables
 
 torch.set_num_threads(1)
 

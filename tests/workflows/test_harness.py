@@ -16,15 +16,14 @@ from monai.transforms import Compose, Lambda, RandFlipd
 
 from breastseg.networks import build_network
 from breastseg.networks.losses import dice_loss
-from breastseg.workflows.checkpoints import (
+from breastseg.workflows.engine.checkpoints import (
     BEST_MODEL_FILE,
     LAST_CHECKPOINT_FILE,
     EpochCheckpointer,
     ResumeFromCheckpoint,
 )
-from breastseg.workflows.datasets import SampleCacheDataset, build_loader
-from breastseg.workflows.evaluation import binary_postprocessing, key_metric
-from breastseg.workflows.harness import (
+from breastseg.workflows.engine.datasets import SampleCacheDataset, build_loader
+from breastseg.workflows.engine.harness import (
     EarlyStopping,
     build_evaluator,
     build_lr_scheduler,
@@ -32,7 +31,9 @@ from breastseg.workflows.harness import (
     lr_schedule_handler,
     seed_everything,
 )
-from breastseg.workflows.precision import AutocastInferer, resolve_precision
+from breastseg.workflows.engine.postprocessing import binary_postprocessing
+from breastseg.workflows.engine.precision import AutocastInferer, resolve_precision
+from breastseg.workflows.evaluation.evaluate import key_metric
 
 torch.set_num_threads(1)
 

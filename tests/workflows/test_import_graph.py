@@ -1,5 +1,5 @@
-"""No import circle among the modules of ``breastseg.workflows`` (each module's imports of the project, read
-from its source with ``ast``)."""
+"""No import circle among the modules of ``breastseg.workflows``, and each role imports only the roles below
+it (each module's imports of the project, read from its source with ``ast``)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,42 @@ def test_no_import_circle_in_workflows():
         if start not in done:
             visit(start, [start], done)
     assert not circles, "\n".join(sorted(set(circles)))
+
+
+# role of each top-level part of breastseg.workflows -> roles it may import (``errors`` is open to all)
+ALLOWED_IMPORTS = {
+    "errors": set(),
+    "data": {"errors"},
+    "metrics": {"errors"},
+    "engine": {"errors", "data", "metrics"},
+    "tracking": {"errors", "data", "metrics", "engine"},
+    "evaluation": {"errors", "data", "metrics", "engine", "tracking"},
+    "two_stage": {"errors", "data", "metrics", "engine", "tracking", "evaluation"},
+    "commands": {"errors", "data", "metrics", "engine", "tracking", "evaluation", "two_stage"},
+}
+
+
+def _role(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[2] if len(parts) > 2 else None
+
+
+def test_workflows_roles_import_only_the_roles_below_them():
+    """Engine <- tracking <- evaluation <- two_stage <- commands: the engine imports no tracking, report or
+    command module (trackers plug in as handlers); every module lives in a role package."""
+    paths = {_module_name(path): path for path in FOLDER.rglob("*.py")}
+    offenders = []
+    for name, path in sorted(paths.items()):
+        role = _role(name)
+        if role is None:
+            continue  # breastseg.workflows itself
+        if role not in ALLOWED_IMPORTS:
+            offenders.append(f"{name}: not in a role package ({', '.join(sorted(ALLOWED_IMPORTS))})")
+            continue
+        for target in sorted(_imports(path, name, set(paths))):
+            target_role = _role(target)
+            if target_role is None:
+                continue  # breastseg.workflows itself holds no code (e.g. the registry finds its folder through it)
+            if target_role != role and target_role not in ALLOWED_IMPORTS[role]:
+                offenders.append(f"{name} ({role}) imports {target} ({target_role})")
+    assert not offenders, "\n".join(offenders)

@@ -13,17 +13,18 @@ from monai.data import DataLoader, Dataset
 from monai.handlers import ValidationHandler
 
 from breastseg.networks import build_network
-from breastseg.workflows.checkpoints import BEST_MODEL_FILE, EpochCheckpointer
-from breastseg.workflows.errors import UserValueError
-from breastseg.workflows.evaluation import binary_postprocessing, key_metric
-from breastseg.workflows.harness import build_evaluator, build_trainer
-from breastseg.workflows.model_context import (
+from breastseg.workflows.engine.checkpoints import BEST_MODEL_FILE, EpochCheckpointer
+from breastseg.workflows.engine.harness import build_evaluator, build_trainer
+from breastseg.workflows.engine.model_context import (
     TrainedModelLoader,
     load_checkpoint,
     split_hash,
     trained_setting,
     training_context,
 )
+from breastseg.workflows.engine.postprocessing import binary_postprocessing
+from breastseg.workflows.errors import UserValueError
+from breastseg.workflows.evaluation.evaluate import key_metric
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]

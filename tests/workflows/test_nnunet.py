@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 
 from breastseg.transforms import chains
-from breastseg.workflows.bundle import PIPELINE_KEYS
-from breastseg.workflows.cli import main
+from breastseg.workflows.commands.bundle import PIPELINE_KEYS
+from breastseg.workflows.commands.cli import main
+from breastseg.workflows.commands.nnunet_export import export_nnunet, pre_resize_chain
 from breastseg.workflows.data.datalist import build_datalist, write_datalist
 from breastseg.workflows.data.synthetic import generate
 from breastseg.workflows.metrics import compute_case_table, table_to_rows
-from breastseg.workflows.nnunet_export import export_nnunet, pre_resize_chain
 
 NNUNET = importlib.util.find_spec("nnunetv2") is not None
 NNUNET_REASON = ('nnunetv2 is not installed: it is the optional extra (pip install -e ".[nnunet]" then pip install '

@@ -13,7 +13,7 @@ from monai.transforms import Compose, Lambdad, RandFlipd
 from PIL import Image
 
 from breastseg.transforms.chains import connected_unets
-from breastseg.workflows.quarantine import QuarantiningDataset, data_error
+from breastseg.workflows.engine.quarantine import QuarantiningDataset, data_error
 
 torch.set_num_threads(1)
 

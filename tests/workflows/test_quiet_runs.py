@@ -10,14 +10,15 @@ import sys
 import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 
-from breastseg.workflows.evaluation import CaseReportWriter, binary_postprocessing, key_metric
-from breastseg.workflows.harness import build_evaluator
+from breastseg.workflows.engine.harness import build_evaluator
+from breastseg.workflows.engine.postprocessing import binary_postprocessing
+from breastseg.workflows.evaluation.evaluate import CaseReportWriter, key_metric
 
 _REGISTER = """
 import sys, torch, mlflow
 from breastseg.networks import build_network
-from breastseg.workflows.registry import log_bundle_model
-from breastseg.workflows.tracking import PROJECT_ROOT
+from breastseg.workflows.tracking.registry import log_bundle_model
+from breastseg.workflows.tracking.runs import PROJECT_ROOT
 folder = sys.argv[1]
 torch.save(build_network("hybrid_attention", spatial_dims=2, in_channels=1, out_channels=1).state_dict(), folder + "/model.pt")
 uri = f"sqlite:///{folder}/mlruns.db"

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from breastseg.networks import build_network
-from breastseg.workflows import tracking
+from breastseg.workflows.engine.model_context import split_hash, training_context
 from breastseg.workflows.errors import UserValueError
-from breastseg.workflows.model_context import split_hash, training_context
+from breastseg.workflows.tracking import runs as tracking
 from ignite.engine import Engine, Events
 
-from breastseg.workflows.model_context import TrainedModelLoader
-from breastseg.workflows.registry import TagEvaluatedModel, load_model, log_bundle_model, promote
+from breastseg.workflows.engine.model_context import TrainedModelLoader
+from breastseg.workflows.tracking.registry import TagEvaluatedModel, load_model, log_bundle_model, promote
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]

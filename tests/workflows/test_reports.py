@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from breastseg.workflows.metrics import CASE_COLUMNS, METRIC_NAMES, PixelROCAUC, compute_case_table
-from breastseg.workflows.reports import (
+from breastseg.workflows.evaluation.reports import (
     case_rows,
     mean_sd_over_folds,
     plot_confusion_matrix,
@@ -26,6 +25,7 @@ from breastseg.workflows.reports import (
     write_case_csv,
     write_summary_json,
 )
+from breastseg.workflows.metrics import CASE_COLUMNS, METRIC_NAMES, PixelROCAUC, compute_case_table
 
 torch.set_num_threads(1)
 

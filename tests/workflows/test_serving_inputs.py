@@ -16,7 +16,7 @@ from PIL import Image
 
 from breastseg.transforms.io.png import read_png_and_depth
 from breastseg.workflows.errors import UserValueError
-from breastseg.workflows.serving import decode_png, encode_png, stage_inputs
+from breastseg.workflows.tracking.serving import decode_png, encode_png, stage_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transforms"))
 from mammo_factory import write_dicom  # noqa: E402

@@ -23,7 +23,7 @@ _STAGE = {
 
 _CALLER = """
 import sys
-from breastseg.workflows.stages import run_stage
+from breastseg.workflows.engine.stages import run_stage
 run_stage(sys.argv[1], "training", {"marker": sys.argv[2]})
 """
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from breastseg.workflows.reports import write_case_csv
-from breastseg.workflows.threshold_report import (
+from breastseg.workflows.evaluation.reports import write_case_csv
+from breastseg.workflows.evaluation.threshold_report import (
     TABLE4_THRESHOLDS,
     ThresholdReportWriter,
     print_threshold_report,

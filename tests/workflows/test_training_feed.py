@@ -27,11 +27,11 @@ from PIL import Image
 
 from breastseg.networks import AWLoss
 from breastseg.transforms.chains import _lesion_balanced_crop
-from breastseg.workflows.checkpoint_writer import CheckpointWriter, remove_stale_temporaries
-from breastseg.workflows.checkpoints import BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, EpochCheckpointer
-from breastseg.workflows.datasets import SampleCacheDataset, auto_num_workers, build_loader
-from breastseg.workflows.harness import build_trainer, progress_handlers
-from breastseg.workflows.loss_terms import LossTermsAverage
+from breastseg.workflows.engine.checkpoint_writer import CheckpointWriter, remove_stale_temporaries
+from breastseg.workflows.engine.checkpoints import BEST_MODEL_FILE, LAST_CHECKPOINT_FILE, EpochCheckpointer
+from breastseg.workflows.engine.datasets import SampleCacheDataset, auto_num_workers, build_loader
+from breastseg.workflows.engine.harness import build_trainer, progress_handlers
+from breastseg.workflows.engine.loss_terms import LossTermsAverage
 
 torch.set_num_threads(1)
 KEYS = ("image", "label")
@@ -314,7 +314,7 @@ def test_training_steps_never_wait_for_the_tracking_store(tmp_path):
     ``iteration_send_interval`` seconds), each with its own step."""
     from mlflow import MlflowClient
 
-    from breastseg.workflows.tracking import tracker
+    from breastseg.workflows.tracking.runs import tracker
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     run_tracker = tracker("trainer", uri, "feed", "feed-run", unsent_dir=tmp_path / "unsent")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
-from breastseg.workflows.stages import run_stage, stage_content, stage_overrides
-from breastseg.workflows.two_stage_eval import TABLE5_SETUPS, average_tables, write_tables
-from breastseg.workflows.two_stage_inference import BOX_COLOUR, CONTOUR_COLOUR, overlay
+from breastseg.workflows.engine.stages import run_stage, stage_content, stage_overrides
+from breastseg.workflows.two_stage.evaluation import TABLE5_SETUPS, average_tables, write_tables
+from breastseg.workflows.two_stage.inference import BOX_COLOUR, CONTOUR_COLOUR, overlay
 
 ROOT = Path(__file__).resolve().parents[2]
 

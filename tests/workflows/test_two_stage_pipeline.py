@@ -11,7 +11,7 @@ from parameterized import parameterized
 
 from breastseg.networks import YOLOv3
 from breastseg.transforms import lesion_boxes
-from breastseg.workflows.two_stage import (
+from breastseg.workflows.two_stage.pipeline import (
     MultiScaleFusionBoxes,
     PatchPasteInferer,
     SingleScaleBoxes,
