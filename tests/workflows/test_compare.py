@@ -103,6 +103,17 @@ class TestCompareMethods(unittest.TestCase):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "comparison")}
         self.assertIn("comparison/critical_difference.png", artifacts)
 
+    def test_an_unreachable_tracking_store_keeps_the_comparison(self):
+        # nothing listens on port 9 of this host: the comparison on disk is what matters
+        result = compare_methods(self.paths, self.tmp / "cmp", tracking_uri="http://127.0.0.1:9")
+        self.assertNotIn("mlflow_run_id", result)
+        self.assertEqual(json.loads((self.tmp / "cmp" / "comparison.json").read_text())["n"], 6)
+
+    def test_no_tracking_store_no_copy_for_it(self):
+        compare_methods(self.paths, self.tmp / "cmp")
+        self.assertTrue((self.tmp / "cmp" / "matched_cases.csv").is_file())
+        self.assertFalse((self.tmp / "cmp" / "mlflow").exists())
+
     def test_cases_not_in_every_evaluation_are_listed_and_left_out(self):
         write_cases(self.paths["unet"], [(f"case_{i}", 0.5 + i / 100) for i in range(5)] + [("case_x", 0.5)])
         result = compare_methods(self.paths, self.tmp / "cmp")

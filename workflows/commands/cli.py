@@ -209,6 +209,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     import os
 
     from breastseg.workflows.commands.compare import compare_methods, train_and_evaluate_network
+    from breastseg.workflows.errors import UserError
     from breastseg.workflows.tracking.runs import default_tracking_uri
 
     cases = _key_values(args.cases, "--cases")
@@ -222,7 +223,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     try:
         result = compare_methods(cases, args.out, metric=args.metric, alpha=args.alpha, tracking_uri=uri,
                                  n_resamples=args.resamples, nnunet_exports=_key_values(args.nnunet_export, "--nnunet-export"))
-    except (ValueError, FileNotFoundError) as error:
+    except UserError as error:
         raise SystemExit(f"breastseg compare: {error}") from None
     _print_comparison(result, args.out)
     return 0

@@ -39,6 +39,8 @@ from breastseg.workflows.commands.compare_cases import (
     write_left_out,
 )
 from breastseg.workflows.commands.paired_stats import higher_is_better, paired_comparison, pairwise_wilcoxon, plot_paired
+from breastseg.workflows.errors import UserValueError
+from breastseg.workflows.tracking.runs import check_tracking_server
 
 __all__ = [
     "load_case_scores",
@@ -66,11 +68,11 @@ def friedman_nemenyi(table: np.ndarray, alpha: float = 0.05, higher_is_better: b
 
     n, k = table.shape
     if k < 3:
-        raise ValueError(f"the Friedman test needs at least 3 methods, got {k} (for two, use a paired Wilcoxon test)")
+        raise UserValueError(f"the Friedman test needs at least 3 methods, got {k} (for two, use a paired Wilcoxon test)")
     if n < 2:
-        raise ValueError(f"the Friedman test needs at least 2 matched cases, got {n}")
+        raise UserValueError(f"the Friedman test needs at least 2 matched cases, got {n}")
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise UserValueError(f"alpha must be in (0, 1), got {alpha}")
     ranks = rankdata(-table if higher_is_better else table, axis=1)
     mean_ranks = ranks.mean(axis=0)
     if np.all(table == table[:, :1]):  # every method scores every case alike: no difference to test
@@ -257,7 +259,7 @@ def compare_methods(
             unusable values, or fewer than 2 cases left to compare.
     """
     if len(cases) < 2:
-        raise ValueError(f"compare needs at least 2 methods, got {len(cases)}: {list(cases)}")
+        raise UserValueError(f"compare needs at least 2 methods, got {len(cases)}: {list(cases)}")
     higher = higher_is_better(metric)
     out = Path(out)
     evaluations = {name: _load_method(name, path, metric, out, (nnunet_exports or {}).get(name)) for name, path in cases.items()}
@@ -274,7 +276,9 @@ def compare_methods(
     }
     write_left_out(matched, out / "left_out_cases.csv")
     _write_matched(matched, names, out / "matched_cases.csv")
-    artifacts = [out / "comparison.json", _write_matched(matched, names, out / "mlflow" / "matched_cases.csv", pseudonymise=True)]
+    artifacts = [out / "comparison.json"]
+    if tracking_uri:  # the tracking store gets case keys, never case ids
+        artifacts.append(_write_matched(matched, names, out / "mlflow" / "matched_cases.csv", pseudonymise=True))
     if len(names) == 2:
         result["test"] = "wilcoxon"
         result.update(paired_comparison(table[:, 0], table[:, 1], higher, 1 - alpha, n_resamples, seed))
@@ -290,8 +294,12 @@ def compare_methods(
         logger.info("Friedman chi2=%.4g p=%.4g over %d cases; CD=%.3f", result["statistic"], result["p_value"], result["n"], result["cd"])
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     if tracking_uri:
-        result["mlflow_run_id"] = _log_to_mlflow(tracking_uri, result, artifacts)
-        (out / "comparison.json").write_text(json.dumps(result, indent=2))
+        try:
+            result["mlflow_run_id"] = _log_to_mlflow(check_tracking_server(tracking_uri), result, artifacts)
+        except Exception as error:  # noqa: BLE001 - an unreachable tracking store must not lose a finished comparison
+            logger.warning("the comparison is in %s; logging it to MLflow (%s) failed: %s", out, tracking_uri, error)
+        else:
+            (out / "comparison.json").write_text(json.dumps(result, indent=2))
     return result
 
 

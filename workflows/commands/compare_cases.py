@@ -29,6 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
+from breastseg.workflows.errors import UserFileNotFoundError, UserValueError
 from breastseg.workflows.metrics import ELIGIBLE_STATUSES
 
 __all__ = [
@@ -61,7 +62,7 @@ def find_cases_csv(path: str | Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"no cases.csv at {path} (expected an evaluation folder or the CSV itself)")
+    raise UserFileNotFoundError(f"no cases.csv at {path} (expected an evaluation folder or the CSV itself)")
 
 
 @dataclass
@@ -93,17 +94,17 @@ def load_evaluation(path: str | Path, metric: str = "dice", datalist: str | Path
         columns = reader.fieldnames or []
         for needed in ("case_id", metric):
             if needed not in columns:
-                raise ValueError(f"{path}: no {needed!r} column (columns: {columns})")
+                raise UserValueError(f"{path}: no {needed!r} column (columns: {columns})")
         for line, row in enumerate(reader, start=2):
             key = (row["case_id"], row.get("lesion_index") or "0")
             if key in evaluation.values:
-                raise ValueError(f"{path} line {line}: case {key[0]} lesion {key[1]} appears twice")
+                raise UserValueError(f"{path} line {line}: case {key[0]} lesion {key[1]} appears twice")
             try:
                 value = float(row[metric])
             except (TypeError, ValueError):
                 value = math.inf
             if math.isinf(value):
-                raise ValueError(f"{path} line {line}: {metric} of case {key[0]} is {row[metric]!r}, "
+                raise UserValueError(f"{path} line {line}: {metric} of case {key[0]} is {row[metric]!r}, "
                                  "not a number (nan is read as the empty-mask rule's undefined value)")
             evaluation.values[key] = value
             if row.get("status"):
@@ -111,7 +112,7 @@ def load_evaluation(path: str | Path, metric: str = "dice", datalist: str | Path
             if row.get("split"):
                 split_names.add(row["split"])
     if not evaluation.values:
-        raise ValueError(f"{path}: no case rows")
+        raise UserValueError(f"{path}: no case rows")
     evaluation.split_names = tuple(sorted(split_names))
     return evaluation
 
@@ -131,7 +132,7 @@ def evaluation_split(evaluation: Evaluation) -> tuple[str, str] | None:
     try:
         datalist = json.loads(datalist_path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{datalist_path}: not a datalist JSON ({error}); rebuild it with breastseg datalist") from None
+        raise UserValueError(f"{datalist_path}: not a datalist JSON ({error}); rebuild it with breastseg datalist") from None
     names = evaluation.split_names or ("test",)
     ids = sorted(str(r["case_id"]) for name in names for r in datalist.get(name, []))
     if not {case for case, _ in evaluation.values} <= set(ids):
@@ -159,7 +160,7 @@ def check_same_split(evaluations: Mapping[str, Evaluation]) -> dict[str, str | N
     for name, split in known[1:]:
         first, reference = known[0]
         if split[0] != reference[0]:
-            raise ValueError(f"method {name!r} was evaluated on another split than {first!r}: {split[1]} vs {reference[1]}; "
+            raise UserValueError(f"method {name!r} was evaluated on another split than {first!r}: {split[1]} vs {reference[1]}; "
                              "evaluate every method on one split (same dataset folder, seed and fractions)")
     return {name: split[1] if split else None for name, split in splits.items()}
 
@@ -208,7 +209,7 @@ def match_cases(evaluations: Mapping[str, Evaluation], metric: str, higher_is_be
         rows.append(values)
     if len(keys) < 2:
         counts = dict(Counter(reason.split(":")[0] for _, reason in left_out))
-        raise ValueError(f"only {len(keys)} case(s) can be compared on {metric} across {names}; left out: {counts}")
+        raise UserValueError(f"only {len(keys)} case(s) can be compared on {metric} across {names}; left out: {counts}")
     return MatchedCases(keys, np.array(rows, dtype=np.float64), left_out, filled)
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from breastseg.workflows.errors import UserFileNotFoundError, UserValueError
+
 __all__ = ["PREDICT_ARGS", "is_nnunet_predictions", "find_export", "score_nnunet_predictions"]
 
 logger = logging.getLogger("breastseg.compare")
@@ -45,11 +47,11 @@ def find_export(predictions: str | Path) -> Path:
     """
     args_file = Path(predictions) / PREDICT_ARGS
     if not args_file.is_file():
-        raise FileNotFoundError(f"{predictions}: no {PREDICT_ARGS} (nnUNetv2_predict writes it); give the exported "
+        raise UserFileNotFoundError(f"{predictions}: no {PREDICT_ARGS} (nnUNetv2_predict writes it); give the exported "
                                 "dataset folder with --nnunet-export DatasetNNN_<name>")
     source = json.loads(args_file.read_text()).get("list_of_lists_or_source_folder")
     if not isinstance(source, str):
-        raise FileNotFoundError(f"{args_file}: the prediction input is not a folder; give --nnunet-export")
+        raise UserFileNotFoundError(f"{args_file}: the prediction input is not a folder; give --nnunet-export")
     return Path(source).parent
 
 
@@ -61,7 +63,7 @@ def _read_mask(path: Path) -> np.ndarray:
     if data.ndim == 3 and data.shape[2] == 1:
         data = data[..., 0]
     if data.ndim != 2:
-        raise ValueError(f"{path}: expected a 2D mask, got shape {data.shape}")
+        raise UserValueError(f"{path}: expected a 2D mask, got shape {data.shape}")
     return np.ascontiguousarray(data.T)
 
 
@@ -92,7 +94,7 @@ def score_nnunet_predictions(predictions: str | Path, out_dir: str | Path, expor
     files = sorted(predictions.glob(f"*{ending}"))
     unknown = [f.name for f in files if f.name[: -len(ending)] not in tests]
     if unknown:
-        raise ValueError(f"{predictions}: {unknown[0]} is no test case of the export {manifest['folder']} "
+        raise UserValueError(f"{predictions}: {unknown[0]} is no test case of the export {manifest['folder']} "
                          f"({len(unknown)} such file(s)); predict DatasetNNN_<name>/imagesTs of that export")
     chain = pre_resize_chain(manifest["bundle"], manifest["dataset"])
     # the bundle's resize, on both masks with the mode its chain gives the label (nearest)
@@ -103,13 +105,13 @@ def score_nnunet_predictions(predictions: str | Path, out_dir: str | Path, expor
         case_id = tests[path.name[: -len(ending)]]
         record = records.get(case_id)
         if record is None:
-            raise ValueError(f"{datalist_path}: case of {path.name} is not in its test split any more (datalist "
+            raise UserValueError(f"{datalist_path}: case of {path.name} is not in its test split any more (datalist "
                              "rewritten since the export?); export it again")
         sample = chain({key: record.get(key) for key in PIPELINE_KEYS})
         mask = _read_mask(path)
         label = sample["label"]
         if tuple(mask.shape) != tuple(label.shape[1:]):
-            raise ValueError(f"{path}: prediction of {tuple(mask.shape)} pixels, the exported image has "
+            raise UserValueError(f"{path}: prediction of {tuple(mask.shape)} pixels, the exported image has "
                              f"{tuple(label.shape[1:])}; predict the images of this export")
         pred = MetaTensor(torch.as_tensor(mask > 0, dtype=torch.float32)[None], meta=dict(label.meta))  # the label's affine
         scored = masks({"pred": pred, "label": label})
@@ -120,7 +122,7 @@ def score_nnunet_predictions(predictions: str | Path, out_dir: str | Path, expor
                      and k not in ("image", "label", "label_format")})
         metadata.append(meta)
     if not rows:
-        raise ValueError(f"{predictions}: no {ending} prediction of a test case of {manifest['folder']}")
+        raise UserValueError(f"{predictions}: no {ending} prediction of a test case of {manifest['folder']}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases_csv = reports.write_case_csv(reports.case_rows(torch.cat(rows), metadata), out_dir / "cases.csv")

@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from breastseg.workflows.errors import UserValueError
 from breastseg.workflows.metrics import METRIC_NAMES
 
 __all__ = ["HIGHER_IS_BETTER", "higher_is_better", "wilcoxon_p", "paired_comparison", "holm", "pairwise_wilcoxon",
@@ -36,7 +37,7 @@ def higher_is_better(metric: str) -> bool:
         ValueError: a column with no known direction (naming the ones there are).
     """
     if metric not in HIGHER_IS_BETTER:
-        raise ValueError(f"metric {metric!r} has no known direction; compare one of {', '.join(HIGHER_IS_BETTER)}")
+        raise UserValueError(f"metric {metric!r} has no known direction; compare one of {', '.join(HIGHER_IS_BETTER)}")
     return HIGHER_IS_BETTER[metric]
 
 
@@ -76,9 +77,9 @@ def paired_comparison(
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"paired samples must be two 1-D arrays of one length, got {a.shape} and {b.shape}")
+        raise UserValueError(f"paired samples must be two 1-D arrays of one length, got {a.shape} and {b.shape}")
     if a.size < 2:
-        raise ValueError(f"a paired comparison needs at least 2 matched cases, got {a.size}")
+        raise UserValueError(f"a paired comparison needs at least 2 matched cases, got {a.size}")
     difference = a - b
     statistic, p_value = wilcoxon_p(a, b)
     wins_a, wins_b, ties = _wins(difference, higher)
