@@ -105,7 +105,7 @@ def test_best_model_is_registered_with_candidate_alias_pinned_requirements_and_i
         (pin,) = [line for line in requirements if line.split("==")[0] == name]
         assert pin == f"{name}=={importlib.metadata.version(name).split('+')[0]}"
     assert all("==" in line for line in requirements) and not any(line.startswith("breastseg") for line in requirements)
-    assert (artifacts / "code" / "breastseg" / "workflows" / "serving.py").is_file()
+    assert (artifacts / "code" / "breastseg" / "workflows" / "tracking" / "serving.py").is_file()
     signature = mlflow.models.get_model_info(stored).signature
     assert signature.inputs.input_names() == ["image", "array", "roi"] and signature.params.to_dict()[0]["name"] == "return_probabilities"
 
