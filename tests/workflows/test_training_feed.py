@@ -348,6 +348,11 @@ def test_items_with_metadata_are_read_back_from_the_disk_cache(tmp_path):
     chain = Compose([LoadImaged("image", reader="PILReader", image_only=False), EnsureChannelFirstd("image"), _CountedMetadata()])
     _CountedMetadata.calls = 0
     first = SampleCacheDataset(records, chain, cache_dir=tmp_path / "cache", track_meta=True)
+    # a cached item names no class but MetaTensor and numpy's: an enum key may pickle as getattr(MetaKeys, name),
+    # depending on what the process imported, which weights-only loads refuse
+    for cached in (tmp_path / "cache").glob("*.pt"):
+        globals_named = set(torch.serialization.get_unsafe_globals_in_checkpoint(cached))
+        assert {name for name in globals_named if not name.startswith("numpy.")} == {"monai.data.meta_tensor.MetaTensor"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Corrupt cache file detected" must not appear
         second = SampleCacheDataset(records, chain, cache_dir=tmp_path / "cache", track_meta=True)
