@@ -129,17 +129,17 @@ def _plain_metadata(value: Any) -> Any:
 
 
 def _with_plain_metadata(item: Any) -> Any:
-    """Every ``MetaTensor`` of a cached item (dicts and lists too) given :func:`_plain_metadata` metadata."""
+    """A cached item (dicts and lists of tensors and metadata) with :func:`_plain_metadata` everywhere: in every
+    ``MetaTensor``'s metadata and in the item's own metadata dicts (``image_meta_dict`` of ``image_only=False``)."""
     if isinstance(item, MetaTensor):
         item.meta = _plain_metadata(dict(item.meta))
         item.applied_operations = _plain_metadata(list(item.applied_operations))
-    elif isinstance(item, dict):
-        for value in item.values():
-            _with_plain_metadata(value)
-    elif isinstance(item, (list, tuple)):
-        for value in item:
-            _with_plain_metadata(value)
-    return item
+        return item
+    if type(item) is dict:
+        return {_plain_metadata(key): _with_plain_metadata(value) for key, value in item.items()}
+    if type(item) in (list, tuple):
+        return type(item)(_with_plain_metadata(value) for value in item)
+    return _plain_metadata(item)
 
 
 class _MetadataPersistentDataset(PersistentDataset):
