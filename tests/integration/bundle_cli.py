@@ -74,10 +74,21 @@ def export_onnx(bundle: str, checkpoint: Path, target: Path, input_shape: tuple[
     )
 
 
+_ONNX_RUNTIME_OUTPUT = """
+import sys
+import numpy as np
+import onnxruntime
+options = onnxruntime.SessionOptions()
+options.intra_op_num_threads = options.inter_op_num_threads = 1
+session = onnxruntime.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+np.save(sys.argv[3], session.run(None, {session.get_inputs()[0].name: np.load(sys.argv[2])})[0])
+"""
+
+
 def onnx_max_difference(bundle: str, checkpoint: Path, onnx_file: Path, input_shape: tuple[int, ...]) -> float:
     """max |ONNX Runtime - PyTorch| on a seeded random input: the bundle's ``network_def`` built with ``checkpoint``'s
-    settings and weights against the exported file (printed, as the bundle docs quote it)."""
-    import onnxruntime
+    settings and weights against the exported file (printed, as the bundle docs quote it). ONNX Runtime runs in its
+    own process, as a user runs it: loaded into the test process beside torch, it can crash that process at exit."""
     import torch
     from monai.bundle import ConfigParser
 
@@ -91,10 +102,12 @@ def onnx_max_difference(bundle: str, checkpoint: Path, onnx_file: Path, input_sh
     image = torch.rand(input_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = network.eval()(image).numpy()
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-    exported = session.run(None, {session.get_inputs()[0].name: image.numpy()})[0]
+    image_file, output_file = onnx_file.with_suffix(".input.npy"), onnx_file.with_suffix(".output.npy")
+    np.save(image_file, image.numpy())
+    result = subprocess.run([sys.executable, "-c", _ONNX_RUNTIME_OUTPUT, str(onnx_file), str(image_file), str(output_file)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = np.load(output_file)
     assert exported.shape == expected.shape
     difference = float(np.abs(exported - expected).max())
     print(f"{bundle}: ONNX vs PyTorch max difference {difference:.3g}")
