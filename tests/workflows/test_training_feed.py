@@ -6,7 +6,8 @@ a warm start from the disk cache."""
 from __future__ import annotations
 
 import os
-import warnings
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,6 @@ from ignite.engine import Events
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import (
     Compose,
-    EnsureChannelFirstd,
-    LoadImaged,
     MapTransform,
     RandCropByPosNegLabeld,
     RandFlipd,
@@ -337,39 +336,43 @@ def test_training_steps_never_wait_for_the_tracking_store(tmp_path):
     assert client.get_metric_history(run.info.run_id, "train_epoch_loss")[0].step == 1
 
 
+_LAUNCH_WITH_METADATA = """
+import sys, warnings
+import numpy as np, torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Lambdad
+from breastseg.workflows.engine.datasets import SampleCacheDataset
+
+calls = []
+def counted(image):
+    calls.append(1)
+    return image
+
+records = [{"image": path, "case_id": str(index)} for index, path in enumerate(sys.argv[2:])]
+chain = Compose([LoadImaged("image", reader="PILReader", image_only=False), EnsureChannelFirstd("image"), Lambdad("image", counted)])
+with warnings.catch_warnings():
+    warnings.simplefilter("error")  # "Corrupt cache file detected" must not appear
+    dataset = SampleCacheDataset(records, chain, cache_dir=sys.argv[1], track_meta=True)
+image = dataset[1]["image"]
+assert isinstance(image, MetaTensor) and image.meta["filename_or_obj"] == records[1]["image"], image.meta
+print(len(calls), float(image.sum()))
+"""
+
+
 def test_items_with_metadata_are_read_back_from_the_disk_cache(tmp_path):
     """Validation, evaluation and detector items keep MONAI metadata; their disk cache must load weights-only
-    (stock PersistentDataset took such files for corrupt, deleted them and preprocessed again at every launch)."""
-    records = []
+    (stock PersistentDataset took such files for corrupt, deleted them and preprocessed again at every launch).
+    Each launch is a new process, as each training command is."""
+    paths = []
     for index in range(2):
-        path = tmp_path / f"image{index}.png"
-        Image.fromarray(np.full((6, 5), 40 * index, dtype=np.uint8)).save(path)
-        records.append({"image": str(path), "case_id": str(index)})
-    chain = Compose([LoadImaged("image", reader="PILReader", image_only=False), EnsureChannelFirstd("image"), _CountedMetadata()])
-    _CountedMetadata.calls = 0
-    first = SampleCacheDataset(records, chain, cache_dir=tmp_path / "cache", track_meta=True)
-    # a cached item names no class but MetaTensor and numpy's: an enum key may pickle as getattr(MetaKeys, name),
-    # depending on what the process imported, which weights-only loads refuse
-    for cached in (tmp_path / "cache").glob("*.pt"):
-        globals_named = set(torch.serialization.get_unsafe_globals_in_checkpoint(cached))
-        assert {name for name in globals_named if not name.startswith("numpy.")} == {"monai.data.meta_tensor.MetaTensor"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # "Corrupt cache file detected" must not appear
-        second = SampleCacheDataset(records, chain, cache_dir=tmp_path / "cache", track_meta=True)
-    assert _CountedMetadata.calls == 2  # the second dataset preprocessed nothing
-    assert isinstance(second[1]["image"], MetaTensor)
-    assert torch.equal(first[1]["image"], second[1]["image"])
-    assert second[1]["image"].meta["filename_or_obj"] == records[1]["image"]
+        paths.append(tmp_path / f"image{index}.png")
+        Image.fromarray(np.full((6, 5), 40 * index, dtype=np.uint8)).save(paths[-1])
+    launch = [sys.executable, "-c", _LAUNCH_WITH_METADATA, str(tmp_path / "cache"), *map(str, paths)]
+    first = subprocess.run(launch, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.split() == ["2", str(float(40 * 30))]  # both images preprocessed
+    second = subprocess.run(launch, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.split() == ["0", str(float(40 * 30))]  # read back: nothing preprocessed
 
 
-class _CountedMetadata(MapTransform):
-    """Counts the deterministic preprocessing calls of items that keep their metadata."""
-
-    calls = 0
-
-    def __init__(self) -> None:
-        super().__init__(("image",))
-
-    def __call__(self, data):
-        type(self).calls += 1
-        return dict(data)

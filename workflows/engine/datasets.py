@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from enum import Enum
 from copy import deepcopy
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -35,6 +34,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, get
 from monai.data.meta_tensor import MetaTensor
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, Lambda, Randomizable, apply_transform
+from monai.utils.enums import MetaKeys, SpaceKeys, TraceKeys
 
 __all__ = ["SampleCacheDataset", "build_dataset", "build_loader", "auto_num_workers", "plain_tensors"]
 
@@ -102,10 +102,13 @@ def _split_chain(transform: Compose) -> tuple[Compose, Compose]:
     return Compose(transforms[:first_random]), Compose(transforms[first_random:])
 
 
-#: What a cached ``MetaTensor`` item needs beyond plain tensors to load with ``weights_only=True``: the class
-#: itself and the numeric numpy arrays and scalars readers put in its metadata (no object arrays).
+#: What a cached ``MetaTensor`` item needs beyond plain tensors to load with ``weights_only=True``: MONAI's
+#: metadata types and the numeric numpy arrays and scalars readers put in the metadata (no object arrays).
 _METADATA_GLOBALS = [
     MetaTensor,
+    MetaKeys,
+    SpaceKeys,
+    TraceKeys,
     np.ndarray,
     np.dtype,
     np._core.multiarray._reconstruct,
@@ -114,45 +117,14 @@ _METADATA_GLOBALS = [
 ]
 
 
-def _plain_metadata(value: Any) -> Any:
-    """``value`` with every enum (MONAI's ``MetaKeys``, ``SpaceKeys``, ``TraceKeys`` keys and values) replaced by the
-    value it stands for: they compare and hash alike, and pickle without naming a class to import (depending on
-    what the process imported, an enum may pickle as ``getattr(MetaKeys, "SPATIAL_SHAPE")``, which a weights-only
-    load must refuse)."""
-    if isinstance(value, Enum):
-        return value.value
-    if type(value) is dict:
-        return {_plain_metadata(key): _plain_metadata(item) for key, item in value.items()}
-    if type(value) in (list, tuple):
-        return type(value)(_plain_metadata(item) for item in value)
-    return value
-
-
-def _with_plain_metadata(item: Any) -> Any:
-    """A cached item (dicts and lists of tensors and metadata) with :func:`_plain_metadata` everywhere: in every
-    ``MetaTensor``'s metadata and in the item's own metadata dicts (``image_meta_dict`` of ``image_only=False``)."""
-    if isinstance(item, MetaTensor):
-        item.meta = _plain_metadata(dict(item.meta))
-        item.applied_operations = _plain_metadata(list(item.applied_operations))
-        return item
-    if type(item) is dict:
-        return {_plain_metadata(key): _with_plain_metadata(value) for key, value in item.items()}
-    if type(item) in (list, tuple):
-        return type(item)(_with_plain_metadata(value) for value in item)
-    return _plain_metadata(item)
-
-
 class _MetadataPersistentDataset(PersistentDataset):
     """``PersistentDataset`` whose cached ``MetaTensor`` items load weights-only.
 
-    Stock MONAI loads its cache with ``weights_only=True``, which refuses the ``MetaTensor`` class, takes the file
-    for corrupt, deletes it and preprocesses again: items with metadata (validation, evaluation, the detector)
-    were never read back from disk. Items are written with plain metadata (:func:`_plain_metadata`) and read
-    with the ``MetaTensor`` class and numeric numpy types allowed, for the cache reads alone.
+    Stock MONAI loads its cache with ``weights_only=True``, which refuses the numpy arrays readers put in the
+    metadata, takes the file for corrupt, deletes it and preprocesses again: items with metadata (validation,
+    evaluation, the detector) were never read back from disk. MONAI's metadata types and numeric numpy types are
+    allowed, for the cache reads alone.
     """
-
-    def _pre_transform(self, item_transformed: Any) -> Any:
-        return _with_plain_metadata(super()._pre_transform(item_transformed))
 
     def _cachecheck(self, item_transformed: Any) -> Any:
         with torch.serialization.safe_globals(_METADATA_GLOBALS):
