@@ -21,10 +21,12 @@ training thread does (the CPU is busy with the network anyway, and the random st
 
 from __future__ import annotations
 
+import copyreg
 import logging
 import os
 from contextlib import contextmanager
 from copy import deepcopy
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -34,7 +36,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, get
 from monai.data.meta_tensor import MetaTensor
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, Lambda, Randomizable, apply_transform
-from monai.utils.enums import MetaKeys, SpaceKeys, TraceKeys
+from monai.utils import enums as monai_enums
 
 __all__ = ["SampleCacheDataset", "build_dataset", "build_loader", "auto_num_workers", "plain_tensors"]
 
@@ -102,13 +104,24 @@ def _split_chain(transform: Compose) -> tuple[Compose, Compose]:
     return Compose(transforms[:first_random]), Compose(transforms[first_random:])
 
 
+#: MONAI's enums, which metadata uses as keys and values (``MetaKeys.AFFINE``, ``SpaceKeys.RAS``, ``TraceKeys``...)
+_MONAI_ENUMS = [value for value in vars(monai_enums).values() if isinstance(value, type) and issubclass(value, Enum)]
+
+
+def _enum_by_value(member: Enum) -> tuple[type, tuple[Any]]:
+    return type(member), (member.value,)
+
+
+# Python 3.11.2 (seen on a fresh clone's Debian Python; 3.11.7 does not) pickles an enum member as getattr(<class>, name), which no weights-only read accepts (getattr
+# would allow anything); pickled by value, as newer Pythons do, a member needs only its class
+for _enum in _MONAI_ENUMS:
+    copyreg.pickle(_enum, _enum_by_value)
+
 #: What a cached ``MetaTensor`` item needs beyond plain tensors to load with ``weights_only=True``: MONAI's
 #: metadata types and the numeric numpy arrays and scalars readers put in the metadata (no object arrays).
 _METADATA_GLOBALS = [
     MetaTensor,
-    MetaKeys,
-    SpaceKeys,
-    TraceKeys,
+    *_MONAI_ENUMS,
     np.ndarray,
     np.dtype,
     np._core.multiarray._reconstruct,
