@@ -44,11 +44,15 @@ class TestDatalist(unittest.TestCase):
 
     def test_busi_datalist_counts_keys_and_no_leak(self):
         datalist = build_datalist("busi", self.busi, folds=3, seed=0, val_fraction=0.2, test_fraction=0.2)
-        self.assertEqual(set(datalist), {"dataset", "root", "seed", "split", *SPLITS, "quarantine", "duplicates", "ignored", "summary"})
+        self.assertEqual(set(datalist), {"dataset", "root", "seed", "split", *SPLITS, "quarantine", "duplicates", "ignored",
+                                         "near_duplicates", "audit", "summary"})
         self.assertEqual(datalist["split"]["method"], "grouped-random")
         self.assertEqual(datalist["split"]["folds"], 3)
-        # 20 images: benign 12 (benign (12) repeats benign (2)), malignant 5, normal 3 -> 19 after dedup
+        # 20 images: benign 12 (benign (12) repeats benign (2); (10) and (11) are re-exports of (1) and (5)),
+        # malignant 5, normal 3 -> 19 after dedup, in 17 groups
         self.assertEqual(datalist["summary"]["total"]["images"], 19)
+        self.assertEqual(datalist["summary"]["total"]["groups"], 17)
+        self.assertEqual(datalist["audit"]["leaked_test_images"], 0)
         self.assertEqual([d["case_id"] for d in datalist["duplicates"]], ["benign (12)"])
         self.assertEqual((len(datalist["test"]), len(datalist["validation"])), (4, 4))
         images = [r["image"] for name in SPLITS for r in datalist[name]]
@@ -185,7 +189,8 @@ class TestDatalist(unittest.TestCase):
 
     def test_bundle_split_settings_follow_the_dataset(self):
         self.assertEqual(split_settings("connected_unets"), {"dataset": "cbis-ddsm", "seed": 0, "folds": 0,
-                         "val_fraction": 0.15, "test_fraction": 21 / 107, "official_split": True})
+                         "val_fraction": 0.15, "test_fraction": 21 / 107, "official_split": True,
+                         "near_duplicates": "group", "label_conflicts": "quarantine"})
         inbreast = split_settings("connected_unets", "inbreast")
         self.assertEqual((inbreast["val_fraction"], inbreast["official_split"]), (17 / 107, False))
         with self.assertRaisesRegex(FileNotFoundError, "bundle 'no_such_bundle' not found"):

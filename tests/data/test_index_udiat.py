@@ -1,6 +1,7 @@
 """UDIAT Dataset B indexer on a generated layout (8 images, seed 0) and copies with planted faults.
 
-In the 8-image layout images 3, 6 and 8 are malignant and GT 4 and 8 have grey (anti-aliased) margins.
+In the 8-image layout images 3 and 6 are malignant, image 8 is a rescaled re-export of image 1 (benign, like it), and
+GT 4 and 8 have grey (anti-aliased) margins.
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ class TestIndexUdiat(unittest.TestCase):
         return target
 
     def test_exact_counts_and_xlsx_labels(self):
-        self.assertEqual((self.summary["benign"], self.summary["malignant"]), (5, 3))
+        self.assertEqual((self.summary["benign"], self.summary["malignant"]), (6, 2))
         result = index_dataset("udiat", self.out)
         self.assertEqual((len(result.records), result.quarantine, result.duplicates), (8, [], []))
         records = {r["case_id"]: r for r in result.records}
         self.assertEqual(sorted(records), [f"{n:06d}" for n in range(1, 9)])
-        self.assertEqual({c for c, r in records.items() if r["pathology"] == "malignant"}, {"000003", "000006", "000008"})
+        self.assertEqual({c for c, r in records.items() if r["pathology"] == "malignant"}, {"000003", "000006"})
         self.assertEqual({c for c, r in records.items() if "gt-not-binary" in r["flags"]}, {"000004", "000008"})
         sheet = load_workbook(self.base / "DatasetB.xlsx").active
         written = {f"{row[0]:06d}": row[2] for row in sheet.iter_rows(min_row=2, values_only=True)}

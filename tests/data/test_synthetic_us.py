@@ -152,11 +152,13 @@ class TestLayouts(unittest.TestCase):
         stems = [f"{n:06d}.png" for n in range(1, 9)]
         self.assertEqual(sorted(p.name for p in (base / "original").iterdir()), stems)
         self.assertEqual(sorted(p.name for p in (base / "GT").iterdir()), stems)
-        self.assertEqual((summary["benign"], summary["malignant"], summary["gt_with_grey_margins"]), (5, 3, 2))
+        self.assertEqual((summary["benign"], summary["malignant"], summary["gt_with_grey_margins"]), (6, 2, 2))
+        self.assertEqual(summary["near_duplicates"], [{"source": "original/000001.png", "copy": "original/000008.png",
+                                                       "transform": "rescaled"}])
         rows = list(load_workbook(base / "DatasetB.xlsx").worksheets[0].iter_rows(values_only=True))
         self.assertEqual([str(h).strip() for h in rows[0][:3]], ["Image", "Type", "Diagnosis"])
         self.assertEqual([r[0] for r in rows[1:]], list(range(1, 9)))
-        self.assertEqual({r[0] for r in rows[1:] if r[1] == "Malignant"}, {3, 6, 8})
+        self.assertEqual({r[0] for r in rows[1:] if r[1] == "Malignant"}, {3, 6})  # 8 copies benign 1
         for stem in stems:
             with Image.open(base / "original" / stem) as image, Image.open(base / "GT" / stem) as gt:
                 self.assertEqual((image.mode, image.size), ("L", gt.size))

@@ -35,6 +35,8 @@ __all__ = [
     "default_dataset_dir",
     "synthetic_inference_dir",
     "prepare_datalist",
+    "report_split_leaks",
+    "split_audit_files",
     "SPLIT_KEYS",
     "split_settings",
     "select_records",
@@ -135,14 +137,18 @@ def prepare_datalist(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     official_split: bool = False,
+    near_duplicates: str = "group",
+    label_conflicts: str = "quarantine",
     replace: bool = True,
 ) -> dict[str, Any]:
     """Index ``dataset_dir`` once and write its datalist to ``datalist_file``; reuse it afterwards.
 
-    A datalist already in ``datalist_file`` is reused when it was made from the same folder and seed:
-    resuming, evaluating and comparing bundles then use the identical split. One made from another folder,
-    seed or split is replaced when ``replace`` (a new training run), refused otherwise (an evaluation or a
-    resumed run must not re-split silently: its test set could hold the network's training images).
+    A datalist already in ``datalist_file`` is reused when it was made from the same folder, seed and split
+    settings by the current near-duplicate search: resuming, evaluating and comparing bundles then use the
+    identical split. One made otherwise is replaced when ``replace`` (a new training run), refused otherwise (an
+    evaluation or a resumed run must not re-split silently: its test set could hold the network's training
+    images), except one written before near duplicates were searched: that one is kept, and how many of its test
+    images leak is reported in one line. The near-duplicate fingerprints are cached beside the datalist.
     """
     import torch.distributed as dist
 
@@ -152,68 +158,94 @@ def prepare_datalist(
     if distributed and dist.get_rank() > 0:
         dist.barrier()  # rank 0 indexes (and generates) once; the others read its datalist
         return load_datalist(datalist_file)
-    datalist = _prepare_datalist(
-        dataset, dataset_dir, datalist_file, seed, folds, val_fraction, test_fraction, official_split, replace
-    )
+    settings = {
+        "seed": seed, "folds": folds, "val_fraction": val_fraction, "test_fraction": test_fraction,
+        "official_split": official_split, "near_duplicates": near_duplicates, "label_conflicts": label_conflicts,
+    }
+    datalist = _prepare_datalist(dataset, Path(dataset_dir), Path(datalist_file), settings, replace)
     if distributed:
         dist.barrier()
     return datalist
 
 
-def _prepare_datalist(
-    dataset: str,
-    dataset_dir: str,
-    datalist_file: str,
-    seed: int,
-    folds: int,
-    val_fraction: float,
-    test_fraction: float,
-    official_split: bool,
-    replace: bool,
-) -> dict[str, Any]:
-    from breastseg.workflows.data.datalist import build_datalist, load_datalist, write_datalist
+def _split_description(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a datalist's ``split`` section records of the settings that made it."""
+    official = settings["official_split"]
+    return {
+        "method": "official" if official else "grouped-random",
+        "folds": settings["folds"] if settings["folds"] > 1 else 0,
+        "val_fraction": settings["val_fraction"],
+        "test_fraction": None if official else settings["test_fraction"],
+        "near_duplicates": settings["near_duplicates"],
+        "label_conflicts": settings["label_conflicts"],
+    }
 
-    root = Path(dataset_dir)
-    target = Path(datalist_file)
+
+def _prepare_datalist(
+    dataset: str, root: Path, target: Path, settings: dict[str, Any], replace: bool
+) -> dict[str, Any]:
+    from breastseg.workflows.data.datalist import build_datalist, fingerprint_cache, load_datalist, write_datalist
+    from breastseg.workflows.data.near_duplicates import METHOD_VERSION
+
     if target.is_file():
         existing = load_datalist(target)
         split = existing.get("split", {})
-        wanted = {
-            "method": "official" if official_split else "grouped-random",
-            "folds": folds if folds > 1 else 0,
-            "val_fraction": val_fraction,
-            "test_fraction": None if official_split else test_fraction,
-        }
+        wanted = _split_description(settings)
+        searched = split.get("near_duplicate_method") is not None
         existing_split = {key: split.get(key) for key in wanted}
-        same_split = existing_split == wanted
-        if Path(existing["root"]).resolve() == root.resolve() and existing.get("seed") == seed and same_split:
+        same_split = existing_split == wanted if searched else all(
+            existing_split[key] == wanted[key] for key in ("method", "folds", "val_fraction", "test_fraction"))
+        same_source = Path(existing["root"]).resolve() == root.resolve() and existing.get("seed") == settings["seed"]
+        current = split.get("near_duplicate_method") == METHOD_VERSION
+        if same_source and same_split and (current or not replace):
+            report_split_leaks(existing, target)
             return existing
-        if not replace:
+        if not replace and (not same_source or (searched and not same_split)):
             raise UserValueError(
                 f"{target} holds the split of another run (folder {existing['root']}, seed {existing.get('seed')}, "
-                f"{existing_split}); this run asks for folder {root}, seed {seed}, {wanted}. "
+                f"{existing_split}); this run asks for folder {root}, seed {settings['seed']}, {wanted}. "
                 "Evaluate or resume with the training run's --dataset_dir, --seed, --folds, --val_fraction, "
-                "--test_fraction and --official_split, or give another --output_dir"
+                "--test_fraction, --official_split, --near_duplicates and --label_conflicts, or give another --output_dir"
             )
-        logger.info("%s was made from another folder, seed or split: indexing %s again", target, root)
-    _ensure_synthetic(dataset, root, seed)
-    datalist = build_datalist(
-        dataset,
-        str(root),
-        folds=folds,
-        seed=seed,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        official_split=official_split,
-    )
+        why = "before near-duplicate grouping" if not searched else "from another folder, seed or split"
+        logger.info("%s was made %s: indexing %s again", target, why, root)
+    _ensure_synthetic(dataset, root, settings["seed"])
+    datalist = build_datalist(dataset, str(root), cache_file=fingerprint_cache(target), **settings)
     write_datalist(datalist, target)
     if datalist.get("quarantine"):
         logger.warning("%d record(s) quarantined: see 'quarantine' in %s", len(datalist["quarantine"]), target)
+    report_split_leaks(datalist, target)
     return datalist
 
 
+def report_split_leaks(datalist: dict[str, Any], datalist_file: str | Path) -> int:
+    """Warn in one line when the datalist's test images have near duplicates in training or validation; returns
+    how many do. A datalist written before near duplicates were searched (or by hand) is audited first (its
+    images' fingerprints are cached beside it; the datalist itself is not changed)."""
+    from breastseg.workflows.data.audit import audit_split, read_split_table
+    from breastseg.workflows.data.datalist import fingerprint_cache
+    from breastseg.workflows.data.near_duplicates import FingerprintStore
+
+    audit = datalist.get("audit")
+    if audit is not None:
+        leaked, how = audit["leaked_test_images"], f"--near_duplicates {datalist['split'].get('near_duplicates')}"
+        remedy = "train with --near_duplicates group to re-split"
+    else:
+        store = FingerprintStore(fingerprint_cache(datalist_file))
+        report = audit_split(read_split_table(datalist_file), store)
+        store.save()
+        leaked, how = report["splits"]["split"]["leaked_images"].get("test", 0), "written before near-duplicate grouping"
+        remedy = f"a new training run (without --resume) re-splits it; breastseg audit {datalist_file} --out DIR lists them"
+    if leaked:
+        logger.warning("%s: %d of %d test images have a near duplicate in training or validation (%s); %s",
+                       datalist_file, leaked, len(datalist["test"]), how, remedy)
+    return leaked
+
+
 #: the ``train.json`` keys its ``datalist`` passes to :func:`prepare_datalist`: they decide the split
-SPLIT_KEYS = ("dataset", "seed", "folds", "val_fraction", "test_fraction", "official_split")
+SPLIT_KEYS = (
+    "dataset", "seed", "folds", "val_fraction", "test_fraction", "official_split", "near_duplicates", "label_conflicts",
+)
 
 
 def split_settings(name: str, dataset: str | None = None) -> dict[str, Any]:
@@ -371,13 +403,53 @@ def run_config(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def split_tag(datalist: dict[str, Any], fold: int | None = None) -> str:
-    """A short description of the split for MLflow tags: seed, sizes, fold (no identifiers)."""
+    """A short description of the split for MLflow tags: seed, sizes, fold, near-duplicate handling and leaked
+    test images (no identifiers)."""
     split = datalist.get("split", {})
     sizes = "/".join(str(len(datalist.get(k, []))) for k in ("training", "validation", "test"))
     text = f"{split.get('method', 'random')} seed={datalist.get('seed')} train/val/test={sizes}"
     if fold is not None and fold >= 0:
         text += f" fold={fold}/{split.get('folds')}"
-    return text
+    audit = datalist.get("audit")
+    if audit is None:
+        return text + " near-duplicates=not-searched"
+    return text + f" near-duplicates={split.get('near_duplicates')} leaked-test-images={audit['leaked_test_images']}"
+
+
+#: datasets whose case ids are no patient identifiers (file stems), so a logged contact sheet may name them
+_ANONYMOUS_CASE_IDS = ("busi", "udiat")
+
+
+def split_audit_files(datalist: dict[str, Any], output_dir: str | Path) -> dict[str, list[str]]:
+    """The split's audit as files for the training run's MLflow artifacts (``{"split_audit": [files]}``): leak counts
+    (``summary.json``) and the contact sheet of its near-duplicate groups, written under ``output_dir/split_audit``.
+    Nothing names a patient: on datasets with patient ids the sheet numbers its images instead of naming them.
+    Empty on DDP ranks other than 0 (they log nothing) and for a datalist written before near duplicates were searched.
+    """
+    import json
+
+    import torch.distributed as dist
+
+    from breastseg.workflows.data.audit import audit_sheet_rows
+    from breastseg.workflows.data.contact_sheet import write_contact_sheet
+
+    if (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0) or datalist.get("audit") is None:
+        return {}
+    folder = Path(output_dir) / "split_audit"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {"dataset": datalist["dataset"], "split": split_tag(datalist), **datalist["audit"]}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    groups = [{
+        "members": [{"name": m["case_id"], "image": m["image"], "partitions": {"split": [m.get("partition") or "quarantined"]}}
+                    for m in group["members"]],
+        "pairs": group["pairs"],
+        "label_conflict": group.get("label_conflict", False),
+        "leaks_in": ["split"] if len({m.get("partition") for m in group["members"]} - {None}) > 1 else [],
+    } for group in datalist.get("near_duplicates") or []]
+    groups.sort(key=lambda g: (not g["leaks_in"], not g["label_conflict"]))
+    rows = audit_sheet_rows(groups, identify=datalist["dataset"] in _ANONYMOUS_CASE_IDS)
+    sheet = write_contact_sheet(rows, folder / "contact_sheet.png", title=f"near duplicates of the {datalist['dataset']} split")
+    return {"split_audit": [str(folder / "summary.json"), str(sheet)]}
 
 
 def report_training(trainer: Any, evaluator: Any, tracker: Any, ckpt_dir: str) -> dict[str, Any]:

@@ -61,6 +61,11 @@ def _add_datalist(sub: argparse._SubParsersAction) -> None:
                    help="CBIS-DDSM: keep the official train/test split")
     p.add_argument("--abnormality", choices=("mass", "calc", "both"), default=None,
                    help="CBIS-DDSM: which description tables to index (default: mass, as the papers)")
+    p.add_argument("--near-duplicates", choices=("group", "list"), default=None,
+                   help="group: near-duplicate images share a partition (default); list: found and listed but split "
+                        "by the dataset's own unit, as published splits were (the leaks are counted)")
+    p.add_argument("--label-conflicts", choices=("quarantine", "keep"), default=None,
+                   help="near duplicates labelled differently: quarantine them (default) or keep them in one group")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any record is quarantined")
     p.set_defaults(func=_run_datalist)
 
@@ -75,7 +80,10 @@ def index_options(args: argparse.Namespace) -> dict:
 
 
 #: ``breastseg datalist`` defaults without ``--bundle``
-_SPLIT_DEFAULTS = {"seed": 0, "folds": 0, "val_fraction": 0.1, "test_fraction": 0.1, "official_split": False}
+_SPLIT_DEFAULTS = {
+    "seed": 0, "folds": 0, "val_fraction": 0.1, "test_fraction": 0.1, "official_split": False,
+    "near_duplicates": "group", "label_conflicts": "quarantine",
+}
 
 
 def _split_options(args: argparse.Namespace) -> dict:
@@ -99,13 +107,14 @@ def _split_options(args: argparse.Namespace) -> dict:
 
 
 def _run_datalist(args: argparse.Namespace) -> int:
-    from breastseg.workflows.data.datalist import build_datalist, format_summary, write_datalist
+    from breastseg.workflows.data.datalist import build_datalist, fingerprint_cache, format_summary, write_datalist
 
     settings = _split_options(args)
     datalist = build_datalist(
         settings.pop("dataset"),
         args.root,
         **settings,
+        cache_file=fingerprint_cache(args.out),
         **index_options(args),
     )
     write_datalist(datalist, args.out)
@@ -114,6 +123,36 @@ def _run_datalist(args: argparse.Namespace) -> int:
         print(f"--strict: {len(datalist['quarantine'])} record(s) quarantined", file=sys.stderr)
         return 3
     return 0
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="count the near-duplicate images that leak across the partitions of a split and "
+                                     "draw them on a contact sheet")
+    p.add_argument("split", help="a datalist JSON (the project's or a MONAI datalist), a CSV with image and partition "
+                                 "columns, or nnU-Net's splits_final.json (with --nnunet-raw)")
+    p.add_argument("--out", required=True, help="folder for audit.json, contact_sheet.png and the fingerprint cache")
+    p.add_argument("--images-root", default=None,
+                   help="folder that relative image paths start from (default: the split file's folder)")
+    p.add_argument("--nnunet-raw", default=None, help="the raw Dataset<ID>_<name> folder of a splits_final.json")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a split leaks or a label conflicts")
+    p.set_defaults(func=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from breastseg.workflows.data.audit import audit_split, format_audit, read_split_table, write_audit
+    from breastseg.workflows.data.near_duplicates import FingerprintStore
+
+    table = read_split_table(args.split, images_root=args.images_root, nnunet_raw=args.nnunet_raw)
+    store = FingerprintStore(Path(args.out) / "fingerprints.npz")
+    report = audit_split(table, store)
+    store.save()
+    report_file, sheet = write_audit(report, args.out)
+    print("\n".join(format_audit(report)))
+    print(f"contact sheet: {sheet}\nreport: {report_file}")
+    leaks = sum(entry["groups"] for split in report["splits"].values() for entry in split["leaks"])
+    return 3 if args.strict and (leaks or report["label_conflicts"]) else 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -382,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bundles(sub)
     _add_synth(sub)
     _add_datalist(sub)
+    _add_audit(sub)
     _add_demo(sub)
     _add_cv(sub)
     _add_ablation(sub)

@@ -7,7 +7,9 @@ and validation splits are filled from the front of that order until they hold th
 *images*; folds take the remaining groups, each to the fold with the fewest images so far.
 
 Image-level datasets (BUSI, UDIAT) first drop exact duplicates: images whose decoded pixels are identical
-(grey stored as RGB counts as grey) keep only the first in natural sort order.
+(grey stored as RGB counts as grey) and whose labels agree keep only the first in natural sort order. The group
+of a record is chosen by the datalist (``group_id``: near duplicates and patients joined, see
+:mod:`~breastseg.workflows.data.grouping`).
 """
 
 from __future__ import annotations
@@ -67,7 +69,10 @@ def image_digest(image: Image.Image) -> str:
 def remove_exact_duplicates(
     records: Iterable[dict[str, Any]], digest: Callable[[str], str] = pixel_digest
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Drop records whose image pixels repeat an earlier record's (natural order of the image path).
+    """Drop records whose image pixels repeat an earlier record's (natural order of the image path) with a label
+    that agrees (the same ``pathology``, or either has none). Copies labelled differently are kept: the
+    near-duplicate grouping finds them and quarantines the label conflict, instead of keeping whichever label
+    sorts first.
 
     Returns:
         ``(kept, duplicates)``: kept records in natural path order, and one entry per dropped record
@@ -75,11 +80,12 @@ def remove_exact_duplicates(
     """
     kept: list[dict[str, Any]] = []
     duplicates: list[dict[str, str]] = []
-    first_by_digest: dict[str, dict[str, Any]] = {}
+    kept_by_digest: dict[str, list[dict[str, Any]]] = {}
     for record in sorted(records, key=lambda r: natural_key(r["image"])):
-        key = digest(record["image"])
-        if key in first_by_digest:
-            original = first_by_digest[key]
+        same_pixels = kept_by_digest.setdefault(digest(record["image"]), [])
+        label = record.get("pathology")
+        original = next((r for r in same_pixels if None in (label, r.get("pathology")) or r.get("pathology") == label), None)
+        if original is not None:
             duplicates.append({
                 "case_id": str(record["case_id"]),
                 "path": str(record["image"]),
@@ -87,7 +93,7 @@ def remove_exact_duplicates(
                 "reason": f"identical pixels to {original['case_id']}",
             })
         else:
-            first_by_digest[key] = record
+            same_pixels.append(record)
             kept.append(record)
     return kept, duplicates
 

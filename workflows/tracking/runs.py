@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from mlflow.entities import Metric, RunStatus, RunTag
 from monai.handlers import MLFlowHandler
@@ -206,6 +206,7 @@ class ResilientMLFlowHandler(MLFlowHandler):
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
         unsent_dir: str | Path | None = None,
+        start_artifacts: Mapping[str, Sequence[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -216,6 +217,7 @@ class ResilientMLFlowHandler(MLFlowHandler):
             self.artifact_location = path_to_uri(Path(store[len("sqlite:///") :]).parent / "artifacts")
         self.params = dict(params or {})
         self.tags = dict(tags or {})
+        self.start_artifacts = {folder: list(files) for folder, files in (start_artifacts or {}).items()}
         self.unsent_dir = Path(unsent_dir) if unsent_dir else PROJECT_ROOT / "mlflow" / "unsent"
         # the trainer's and the validator's handlers log into one run: they share its unsent metrics, so
         # whichever reaches the store first sends them all, and the run's end writes what is left
@@ -255,6 +257,11 @@ class ResilientMLFlowHandler(MLFlowHandler):
         if self.tags:
             self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in self.tags.items()])
             self.tags = {}
+        while self.start_artifacts:
+            folder, files = next(iter(self.start_artifacts.items()))
+            for path in files:
+                self.client.log_artifact(run_id, path, folder)
+            del self.start_artifacts[folder]
         while self.pending:
             batch = self.pending[:_METRICS_PER_BATCH]
             self.client.log_batch(run_id, metrics=batch)
@@ -359,13 +366,15 @@ def tracker(
     enabled: bool = True,
     iteration_log_every: int = 10,
     unsent_dir: str | Path | None = None,
+    start_artifacts: Mapping[str, Sequence[str]] | None = None,
 ) -> ResilientMLFlowHandler | None:
     """The MLflow handler of ``role``: ``"trainer"`` (loss every ``iteration_log_every`` iterations, LR,
     epoch metrics; closes the run when training completes), ``"validator"`` (validation metrics per
     epoch, same run) or ``"evaluator"`` (a run of its own, closed when evaluation completes).
 
     ``enabled=False`` (non-zero DDP ranks) returns ``None``. Metrics that cannot be sent before the run
-    ends go to ``unsent_dir`` (default ``mlflow/unsent`` of the project).
+    ends go to ``unsent_dir`` (default ``mlflow/unsent`` of the project). ``start_artifacts`` (artifact folder ->
+    files) are logged as soon as the run opens (``artifacts``, MONAI's, when it completes).
     """
     if not enabled:
         return None
@@ -378,6 +387,7 @@ def tracker(
         params=params,
         tags=tags,
         unsent_dir=unsent_dir,
+        start_artifacts=start_artifacts,
     )
     if role == "trainer":
         return ResilientMLFlowHandler(

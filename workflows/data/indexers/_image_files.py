@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from breastseg.transforms.io import PIL_SUFFIXES
 from breastseg.transforms.io.png import pil_bit_depth
+from breastseg.workflows.data.near_duplicates import FingerprintStore
 from breastseg.workflows.data.records import IndexResult
 from breastseg.workflows.data.splits import image_digest, natural_key
 
@@ -43,11 +45,19 @@ def quarantine_shared_stem(stem: str, images: list[Path], masks: list[Path], res
         result.quarantine_record(stem, str(path), reason)
 
 
-def inspect_image(path: Path) -> tuple[tuple[int, int], str, str]:
+def _grey_values(image: Image.Image) -> np.ndarray:
+    """The grey values of an opened image: 16-bit and integer modes as they are, colour as luma."""
+    return np.asarray(image if image.mode.startswith(("I", "F")) else image.convert("L"))
+
+
+def inspect_image(path: Path, fingerprints: FingerprintStore | None = None) -> tuple[tuple[int, int], str, str]:
     """``(size, mode, pixel digest)``; decoding the pixels proves the file is complete whatever its format, and
-    the digest (:func:`~breastseg.workflows.data.splits.image_digest`) comes from the same decode."""
+    the digest (:func:`~breastseg.workflows.data.splits.image_digest`) and, with ``fingerprints``, the image's
+    near-duplicate fingerprint (unless cached) come from the same decode."""
     with Image.open(path) as image:
         image.load()
+        if fingerprints is not None and pil_bit_depth(image.mode) is not None:
+            fingerprints.fingerprint(path, pixels=lambda: _grey_values(image))
         return image.size, image.mode, image_digest(image)
 
 
@@ -61,13 +71,14 @@ def check_bit_depth(mode: str) -> tuple[list[str], str]:
 
 
 def usable_image(
-    path: Path, case_id: str, result: IndexResult, digests: dict[str, str]
+    path: Path, case_id: str, result: IndexResult, digests: dict[str, str], fingerprints: FingerprintStore | None = None
 ) -> tuple[tuple[int, int], list[str]] | None:
     """``(size, flags)`` of an image file, or ``None`` once it is quarantined (unreadable, or a mode that states
     no bit depth). The pixel digest of a usable image goes into ``digests`` (by path) for
-    :func:`~breastseg.workflows.data.splits.remove_exact_duplicates`, so no image is decoded twice."""
+    :func:`~breastseg.workflows.data.splits.remove_exact_duplicates`, and its fingerprint into ``fingerprints``,
+    so no image is decoded twice."""
     try:
-        size, mode, digest = inspect_image(path)
+        size, mode, digest = inspect_image(path, fingerprints)
     except UNREADABLE as error:
         result.quarantine_record(case_id, str(path), f"unreadable image: {error}")
         return None

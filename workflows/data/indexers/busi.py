@@ -32,6 +32,7 @@ from breastseg.workflows.data.indexers._image_files import (
     quarantine_shared_stem,
     usable_image,
 )
+from breastseg.workflows.data.near_duplicates import FingerprintStore
 from breastseg.workflows.data.records import IndexResult
 from breastseg.workflows.data.splits import natural_key, remove_exact_duplicates
 
@@ -74,13 +75,18 @@ def _inspect_mask(path: Path) -> tuple[tuple[int, int], str, bool]:
 
 
 def _index_image(
-    pathology: str, image: Path, masks: list[Path], result: IndexResult, digests: dict[str, str]
+    pathology: str,
+    image: Path,
+    masks: list[Path],
+    result: IndexResult,
+    digests: dict[str, str],
+    fingerprints: FingerprintStore | None,
 ) -> dict[str, Any] | None:
     case_id = image.stem
     if not masks:
         result.quarantine_record(case_id, str(image), "no mask file (expected '<stem>_mask.png')")
         return None
-    checked = usable_image(image, case_id, result, digests)
+    checked = usable_image(image, case_id, result, digests, fingerprints)
     if checked is None:
         return None
     (width, height), depth_flags = checked
@@ -136,12 +142,14 @@ def _scan_class_folder(folder: Path, result: IndexResult) -> tuple[dict[str, lis
     return images, masks
 
 
-def index(root: Path, deduplicate: bool = True) -> IndexResult:
+def index(root: Path, deduplicate: bool = True, fingerprints: FingerprintStore | None = None) -> IndexResult:
     """Index a BUSI download.
 
     Args:
         root: ``Dataset_BUSI_with_GT`` or its parent folder.
-        deduplicate: drop exact duplicate images (listed in ``duplicates``).
+        deduplicate: drop exact duplicate images (listed in ``duplicates``); copies with different labels stay,
+            for the label-conflict check.
+        fingerprints: where to keep each image's near-duplicate fingerprint, from the indexer's own decode.
     """
     base = find_busi_root(Path(root).absolute())
     result = IndexResult()
@@ -159,7 +167,8 @@ def index(root: Path, deduplicate: bool = True) -> IndexResult:
             if len(same_stem) > 1:
                 quarantine_shared_stem(stem, same_stem, masks.get(stem, []), result)
                 continue
-            record = _index_image(pathology, same_stem[0], sorted(masks.get(stem, []), key=_mask_order), result, digests)
+            stem_masks = sorted(masks.get(stem, []), key=_mask_order)
+            record = _index_image(pathology, same_stem[0], stem_masks, result, digests, fingerprints)
             if record is not None:
                 records.append(record)
     if deduplicate:

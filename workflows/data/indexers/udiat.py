@@ -29,6 +29,7 @@ from breastseg.workflows.data.indexers._image_files import (
     quarantine_shared_stem,
     usable_image,
 )
+from breastseg.workflows.data.near_duplicates import FingerprintStore
 from breastseg.workflows.data.records import IndexResult, parse_missing
 from breastseg.workflows.data.splits import natural_key, remove_exact_duplicates
 
@@ -106,9 +107,10 @@ def _index_image(
     labels: dict[str, dict[str, str | None]] | None,
     result: IndexResult,
     digests: dict[str, str],
+    fingerprints: FingerprintStore | None,
 ) -> dict[str, Any] | None:
     case_id = image.stem
-    checked = usable_image(image, case_id, result, digests)
+    checked = usable_image(image, case_id, result, digests, fingerprints)
     if checked is None:
         return None
     (width, height), depth_flags = checked
@@ -152,12 +154,14 @@ def _index_image(
     }
 
 
-def index(root: Path, deduplicate: bool = True) -> IndexResult:
+def index(root: Path, deduplicate: bool = True, fingerprints: FingerprintStore | None = None) -> IndexResult:
     """Index a UDIAT Dataset B folder.
 
     Args:
         root: the folder with ``original/`` and ``GT/``, or its parent holding ``Dataset_B/`` or ``BUS/``.
-        deduplicate: drop exact duplicate images (listed in ``duplicates``).
+        deduplicate: drop exact duplicate images (listed in ``duplicates``); copies with different labels stay,
+            for the label-conflict check.
+        fingerprints: where to keep each image's near-duplicate fingerprint, from the indexer's own decode.
     """
     base = find_udiat_root(Path(root).absolute())
     xlsx = base / XLSX_NAME
@@ -176,7 +180,7 @@ def index(root: Path, deduplicate: bool = True) -> IndexResult:
         elif stem not in images:
             result.quarantine_record(stem, str(gts[stem][0]), "GT mask without image in original/")
         else:
-            record = _index_image(images[stem][0], gts[stem][0], labels, result, digests)
+            record = _index_image(images[stem][0], gts[stem][0], labels, result, digests, fingerprints)
             if record is not None:
                 records.append(record)
     for stem in sorted(set(labels or {}) - set(images) - set(gts), key=natural_key):
