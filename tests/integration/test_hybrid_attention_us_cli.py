@@ -59,6 +59,12 @@ def test_training_tracks_validation_loss_and_registers_the_model(workspace, trai
         assert [m.step for m in client(workspace).get_metric_history(run.info.run_id, metric)] == [1, 2], metric
     datalist = json.loads((workspace["root"] / "out" / "datalist.json").read_text())
     assert datalist["duplicates"]  # the synthetic copy plants an exact duplicate image: listed, not trained on twice
+    # the split's audit is logged with the run: leak counts and the contact sheet of the near-duplicate groups
+    assert datalist["near_duplicates"] and "near-duplicates=group leaked-test-images=0" in run.data.tags["split"]
+    logged = {a.path for a in client(workspace).list_artifacts(run.info.run_id, "split_audit")}
+    assert logged == {"split_audit/summary.json", "split_audit/contact_sheet.png"}
+    summary = json.loads(open(client(workspace).download_artifacts(run.info.run_id, "split_audit/summary.json")).read())
+    assert summary["near_duplicate_groups"] == len(datalist["near_duplicates"]) and summary["leaked_test_images"] == 0
     version = client(workspace).get_model_version_by_alias("hybrid_attention_us", "candidate")
     assert version.run_id == run.info.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])

@@ -39,10 +39,10 @@ def _warp(image: np.ndarray, masks: list[np.ndarray], matrix: np.ndarray, size: 
 
 
 def _lesion_box(masks: list[np.ndarray], shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` around every lesion, or the whole frame without any."""
+    """``(top, bottom, left, right)`` around every lesion, or the frame's centre pixel without any."""
     union = np.any(masks, axis=0) if masks else np.zeros(shape, bool)
     if not union.any():
-        return 0, shape[0], 0, shape[1]
+        return shape[0] // 2, shape[0] // 2 + 1, shape[1] // 2, shape[1] // 2 + 1
     rows, columns = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
     return int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
 
