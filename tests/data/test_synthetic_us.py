@@ -91,6 +91,17 @@ class TestRenderer(unittest.TestCase):
         self.assertTrue(changed[: int(0.07 * 150)].any())  # label in the top band
         self.assertTrue(changed[int(0.07 * 150):].any())  # calipers in the field
 
+    def test_dark_lesion_interior_never_makes_nan_pixels(self):
+        """Case 95 of the full-size malignant draw: its noisy lesion interior went below zero, and the log
+        compression turned those pixels into NaN (cast to arbitrary bytes)."""
+        from breastseg.workflows.data.synthetic._us_common import case_rng, frame_size
+
+        rng = case_rng(0, 0, 95)
+        height, width = frame_size(rng, (500, 450), (60, 50), (300, 250), (720, 620), True)
+        with np.errstate(invalid="raise"):
+            frame = render_ultrasound(rng, height, width, sample_lesion_styles(rng, "malignant", 1))
+        self.assertGreater(frame.image[frame.lesion_masks[0]].max(), 0)
+
     def test_invalid_parameters_raise(self):
         with self.assertRaisesRegex(ValueError, "lesion shape"):
             LesionStyle("star")

@@ -57,18 +57,9 @@ def search_fingerprints(fingerprints: Sequence[Fingerprint]) -> list[NearDuplica
     pairs = []
     for first, second in candidate_pairs(fingerprints):
         alignment = verify_pair(fingerprints[first], fingerprints[second])
-        if alignment is None:  # the match may hold one way only when one image is a small part of the other
-            reverse = verify_pair(fingerprints[second], fingerprints[first])
-            alignment = None if reverse is None else _inverse(reverse)
         if alignment is not None:
             pairs.append(NearDuplicatePair(first, second, alignment))
     return pairs
-
-
-def _inverse(alignment: Alignment) -> Alignment:
-    scale = tuple(round(1 / s, 4) for s in alignment.scale)
-    offset = tuple(round(-o / s, 2) for o, s in zip(alignment.offset, alignment.scale))
-    return Alignment(scale, offset, alignment.similarity, alignment.inliers, alignment.overlap)  # type: ignore[arg-type]
 
 
 def find_near_duplicates(

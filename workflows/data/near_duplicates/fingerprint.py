@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["WORKING_SIDE", "THUMBNAIL_SIDE", "KEYPOINTS", "Fingerprint", "fingerprint", "read_grey"]
 
 #: longest side of the working image, pixels: fine enough to keep tissue texture, small enough to be cheap
-WORKING_SIDE = 256
+WORKING_SIDE = 192
 #: longest side of the thumbnail kept for the pixel check
 THUMBNAIL_SIDE = 128
 #: keypoints kept per image (the strongest)
@@ -48,9 +48,8 @@ class Fingerprint:
         return self.points.nbytes + self.descriptors.nbytes + self.thumbnail.nbytes
 
 
-def _stretch(pixels: np.ndarray) -> np.ndarray:
-    """uint8 grey levels of ``pixels`` (any dtype) stretched between the percentiles."""
-    values = np.asarray(pixels, dtype=np.float32)
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """uint8 grey levels of float ``values`` stretched between the percentiles."""
     low, high = np.percentile(values, _PERCENTILES)
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)
@@ -73,7 +72,8 @@ def fingerprint(pixels: np.ndarray) -> Fingerprint:
     """
     if pixels.ndim != 2:
         raise ValueError(f"fingerprint needs a grey (rows, columns) image, got shape {pixels.shape}")
-    working = _resize_longest(_stretch(pixels), WORKING_SIDE)
+    # resized first (area averages of the original values), then stretched: the percentiles of the small image
+    working = _stretch(_resize_longest(np.asarray(pixels, dtype=np.float32), WORKING_SIDE))
     keypoints, descriptors = cv2.SIFT_create(nfeatures=KEYPOINTS).detectAndCompute(working, None)
     if descriptors is None or not keypoints:
         points, descriptors = np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)

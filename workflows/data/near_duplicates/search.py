@@ -30,7 +30,7 @@ PER_IMAGE = 6
 #: squared-distance ratio (0.8 on distances) to the farthest neighbour below which a neighbour votes
 _RATIO_SQUARED = 0.64
 #: FLANN: randomized k-d trees and leaves checked per query (recall of the true neighbours vs time)
-_TREES, _CHECKS = 4, 64
+_TREES, _CHECKS = 4, 32
 
 
 def candidate_pairs(fingerprints: Sequence[Fingerprint]) -> list[tuple[int, int]]:

@@ -16,12 +16,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .fingerprint import Fingerprint, fingerprint, read_grey
+from .fingerprint import KEYPOINTS, THUMBNAIL_SIDE, WORKING_SIDE, Fingerprint, fingerprint, read_grey
 
 __all__ = ["METHOD_VERSION", "FingerprintStore", "file_key"]
 
-#: part of every cache key: a change of the method's parameters must not reuse old results
-METHOD_VERSION = "sift150-w256-t128-v1"
+#: part of every cache key and of every datalist's split: a change of the method must not reuse old results
+#: (the revision counts changes of the search and the check)
+METHOD_VERSION = f"sift{KEYPOINTS}-w{WORKING_SIDE}-t{THUMBNAIL_SIDE}-r2"
 
 logger = logging.getLogger("breastseg.near_duplicates")
 

@@ -206,7 +206,8 @@ def _apply_lesion(
     """Darken the lesion (soft margin), add internal echoes, a halo and the posterior feature."""
     margin = rng.uniform(1.0, 2.5) * max(1.0, echo.shape[1] / 250.0)
     soft = ndimage.gaussian_filter(mask.astype(float), margin)
-    interior = rng.uniform(0.08, 0.35) * (1.0 + 0.25 * _smooth_noise(rng, echo.shape, 2.0))
+    # internal echoes stay positive (the tissue map's floor): a negative echo has no log compression (NaN pixels)
+    interior = np.clip(rng.uniform(0.08, 0.35) * (1.0 + 0.25 * _smooth_noise(rng, echo.shape, 2.0)), 0.02, None)
     echo = echo * (1.0 - soft) + interior * soft
     if style.shape == "irregular" and rng.random() < 0.5:
         ring = ndimage.binary_dilation(mask, iterations=3) & ~mask
