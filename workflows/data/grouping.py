@@ -12,13 +12,13 @@ them (flagged ``label-conflict``, one group, so still in one partition).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from breastseg.workflows.data.near_duplicates import (
     FingerprintStore,
     NearDuplicatePair,
+    UnionFind,
     find_near_duplicates,
     near_duplicate_groups,
 )
@@ -26,8 +26,6 @@ from breastseg.workflows.data.records import quarantine_entry
 from breastseg.workflows.data.splits import natural_key
 
 __all__ = ["NEAR_DUPLICATE_CHOICES", "LABEL_CONFLICT_CHOICES", "Grouping", "group_by_acquisition", "pair_entry"]
-
-logger = logging.getLogger("breastseg.near_duplicates")
 
 #: ``group``: near duplicates share a partition; ``list``: they are found and listed, but the split moves the
 #: dataset's own unit (patient, or image), as published splits did: the datalist's audit then shows the leaks
@@ -56,24 +54,6 @@ def pair_entry(pair: NearDuplicatePair, names: Sequence[str]) -> dict[str, Any]:
         "inliers": alignment.inliers,
         "overlap": alignment.overlap,
     }
-
-
-class _Components:
-    """Union-find over positions; the root is the smallest position."""
-
-    def __init__(self, count: int) -> None:
-        self.parent = list(range(count))
-
-    def root(self, node: int) -> int:
-        while self.parent[node] != node:
-            self.parent[node] = self.parent[self.parent[node]]
-            node = self.parent[node]
-        return node
-
-    def join(self, first: int, second: int) -> None:
-        a, b = self.root(first), self.root(second)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
 
 
 def _labels(records: Sequence[dict[str, Any]], members: Sequence[int]) -> set[str]:
@@ -136,19 +116,17 @@ def _group_ids(
 ) -> dict[int, str]:
     """``group_id`` by position of every record not ``quarantined``: records joined by patient and by ``pairs``,
     named by their first patient id (natural order)."""
-    components = _Components(len(records))
+    components = UnionFind(len(records))
     first_of_patient: dict[str, int] = {}
     for position, record in enumerate(records):
         patient = str(record.get("patient_id") or record["case_id"])
         components.join(first_of_patient.setdefault(patient, position), position)
     for pair in pairs:
         components.join(pair.first, pair.second)
-    members: dict[int, list[int]] = {}
-    for position in range(len(records)):
-        if position not in quarantined:
-            members.setdefault(components.root(position), []).append(position)
     group_ids = {}
-    for positions in members.values():
-        name = min((str(records[i].get("patient_id") or records[i]["case_id"]) for i in positions), key=natural_key)
-        group_ids.update(dict.fromkeys(positions, name))
+    for positions in components.components():
+        kept = [i for i in positions if i not in quarantined]
+        if kept:
+            name = min((str(records[i].get("patient_id") or records[i]["case_id"]) for i in kept), key=natural_key)
+            group_ids.update(dict.fromkeys(kept, name))
     return group_ids

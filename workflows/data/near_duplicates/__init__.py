@@ -37,6 +37,7 @@ __all__ = [
     "find_near_duplicates",
     "search_fingerprints",
     "near_duplicate_groups",
+    "UnionFind",
 ]
 
 logger = logging.getLogger("breastseg.near_duplicates")
@@ -100,22 +101,35 @@ def find_near_duplicates(
     ]
 
 
+class UnionFind:
+    """Connected components over positions ``0..count-1``; a component's root is its smallest position."""
+
+    def __init__(self, count: int) -> None:
+        self.parent = list(range(count))
+
+    def root(self, node: int) -> int:
+        while self.parent[node] != node:
+            self.parent[node] = self.parent[self.parent[node]]
+            node = self.parent[node]
+        return node
+
+    def join(self, first: int, second: int) -> None:
+        a, b = self.root(first), self.root(second)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+    def components(self) -> list[list[int]]:
+        """Every component, each sorted, in order of its first position."""
+        members: dict[int, list[int]] = {}
+        for node in range(len(self.parent)):
+            members.setdefault(self.root(node), []).append(node)
+        return list(members.values())
+
+
 def near_duplicate_groups(count: int, pairs: Sequence[NearDuplicatePair]) -> list[list[int]]:
     """Groups of positions ``0..count-1`` joined by ``pairs`` (connected components; a pair's members are always
     together), groups of two or more only, each sorted, in order of their first member."""
-    parent = list(range(count))
-
-    def root(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
+    components = UnionFind(count)
     for pair in pairs:
-        first, second = root(pair.first), root(pair.second)
-        if first != second:
-            parent[max(first, second)] = min(first, second)
-    members: dict[int, list[int]] = {}
-    for node in range(count):
-        members.setdefault(root(node), []).append(node)
-    return sorted((group for group in members.values() if len(group) > 1), key=lambda group: group[0])
+        components.join(pair.first, pair.second)
+    return [group for group in components.components() if len(group) > 1]
