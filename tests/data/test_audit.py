@@ -15,7 +15,7 @@ from tempfile import TemporaryDirectory
 import torch
 from PIL import Image
 
-from breastseg.workflows.commands.bundle import prepare_datalist
+from breastseg.workflows.commands.bundle import case_metadata, prepare_datalist
 from breastseg.workflows.commands.nnunet_export import export_nnunet
 from breastseg.workflows.data.datalist import build_datalist, write_datalist
 from breastseg.workflows.data.synthetic import generate
@@ -69,6 +69,13 @@ class TestAudit(unittest.TestCase):
         self.assertEqual(leaks_of(report), self.expected)
         self.assertIn("test <-> training:", done.stdout)
         self.assertEqual(report["label_conflicts"], 1)  # the planted benign/malignant copy, kept on purpose here
+
+    def test_case_reports_name_the_leaked_cases(self):
+        metadata = case_metadata(self.leaky)
+        leaked_test = [c for c, row in metadata.items() if row["split"] == "test" and row["near_duplicate_in"]]
+        self.assertEqual(len(leaked_test), self.leaky["audit"]["leaked_test_images"])
+        self.assertTrue(leaked_test)
+        self.assertTrue(all(set(metadata[c]["near_duplicate_in"].split("+")) <= {"training", "validation"} for c in leaked_test))
 
     def test_grouped_datalist_has_no_leak_and_strict_passes(self):
         grouped = write_datalist(build_datalist("busi", self.root, seed=0, test_fraction=0.3), self.tmp / "grouped.json")

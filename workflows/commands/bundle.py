@@ -290,12 +290,21 @@ def select_records(
 
 
 def case_metadata(datalist: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``case_id`` -> the record's metadata (everything but file paths), for per-case reports."""
+    """``case_id`` -> the record's metadata (everything but file paths), for per-case reports; with
+    ``near_duplicate_in``, the other partitions that hold a near duplicate of the case (a leak, on a split made
+    with ``--near_duplicates list``), so results can be read with and without the leaked cases."""
     table = {}
     for split in ("training", "validation", "test"):
         for record in datalist.get(split, []):
             table[record["case_id"]] = {k: v for k, v in record.items() if k not in ("image", "label", "label_format")}
             table[record["case_id"]]["split"] = split
+            table[record["case_id"]]["near_duplicate_in"] = None
+    for group in datalist.get("near_duplicates") or []:
+        partitions = {member.get("partition") for member in group["members"]} - {None}
+        for member in group["members"]:
+            if member["case_id"] in table and len(partitions) > 1:
+                others = partitions - {member.get("partition")}
+                table[member["case_id"]]["near_duplicate_in"] = "+".join(sorted(others))
     return table
 
 
