@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,31 @@ class TestDatalist(unittest.TestCase):
         expect("is not valid JSON", "{not json")
         with self.assertRaises(FileNotFoundError):
             load_datalist(self.tmp / "absent.json")
+
+    def test_load_rejects_a_group_in_two_splits(self):
+        datalist = json.loads(json.dumps(build_datalist("busi", self.busi, seed=0)))
+        (group,) = [g for g in datalist["near_duplicates"] if len(g["members"]) == 2][:1]
+        first, second = (m["case_id"] for m in group["members"])
+        moved = next(r for split in SPLITS for r in datalist[split] if r["case_id"] == second)
+        for split in SPLITS:
+            datalist[split] = [r for r in datalist[split] if r["case_id"] != second]
+        where = next(split for split in SPLITS if any(r["case_id"] == first for r in datalist[split]))
+        other = "test" if where != "test" else "training"
+        datalist[other].append(moved)  # the copy of an image filed in another partition: a leak written by hand
+        path = self.tmp / "group_leak.json"
+        path.write_text(json.dumps(datalist))
+        with self.assertRaisesRegex(ValueError, re.escape(f"group '{moved['group_id']}' (case '{second}') is in both")):
+            load_datalist(path)
+
+    def test_cli_near_duplicate_options_and_cache(self):
+        out = self.tmp / "listed.json"
+        listed = run_cli("datalist", "--dataset", "busi", "--root", str(self.busi), "--out", str(out),
+                         "--near-duplicates", "list", "--test-fraction", "0.3")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertIn("near-duplicate groups: 2 (4 images; 0 label conflict(s)); near duplicates: list", listed.stdout)
+        self.assertRegex(listed.stdout, r"test <-> training: \d+ of \d+ test image\(s\) have a near duplicate")
+        self.assertTrue((self.tmp / "listed.fingerprints.npz").is_file())  # the cache beside the datalist
+        self.assertEqual(json.loads(out.read_text())["split"]["near_duplicates"], "list")
 
     def test_load_rejects_patient_in_two_folds(self):
         datalist = json.loads(json.dumps(build_datalist("udiat", self.udiat, folds=3, seed=0)))
