@@ -1,6 +1,11 @@
 """Candidate pairs without comparing every pair: one approximate nearest-neighbour index over all keypoint
 descriptors (FLANN randomized k-d trees), then votes.
 
+The index holds the descriptors projected on their :data:`INDEX_DIMENSIONS` principal components (computed on a
+sample of this collection's descriptors): SIFT descriptors are redundant, a k-d tree searches fewer dimensions
+better, and the index then costs 128 bytes a keypoint instead of 512 (about 19 KiB an image), so the search of
+10,000 images holds a few hundred megabytes, not gigabytes. The pixel check uses the full descriptors.
+
 Each descriptor asks for its :data:`NEIGHBOURS` nearest descriptors of the whole collection. A neighbour from
 another image votes for that image when it is clearly closer than the farthest of them (a ratio test against
 the last neighbour): a keypoint on burned-in text that every scan of one scanner shows has many neighbours at
@@ -19,7 +24,7 @@ import numpy as np
 
 from .fingerprint import Fingerprint
 
-__all__ = ["NEIGHBOURS", "MIN_VOTES", "PER_IMAGE", "candidate_pairs"]
+__all__ = ["NEIGHBOURS", "MIN_VOTES", "PER_IMAGE", "INDEX_DIMENSIONS", "candidate_pairs"]
 
 #: neighbours asked per descriptor: a near-duplicate group of up to this many images is seen at once
 NEIGHBOURS = 8
@@ -31,27 +36,67 @@ PER_IMAGE = 6
 _RATIO_SQUARED = 0.64
 #: FLANN: randomized k-d trees and leaves checked per query (recall of the true neighbours vs time)
 _TREES, _CHECKS = 4, 32
+#: images whose keypoints are queried at once
+_IMAGES_PER_CHUNK = 500
+#: principal components of the descriptors kept in the index
+INDEX_DIMENSIONS = 32
+#: descriptors sampled (evenly over the images) to find the principal components
+_PCA_SAMPLE = 100_000
 
 
 def candidate_pairs(fingerprints: Sequence[Fingerprint]) -> list[tuple[int, int]]:
     """Pairs ``(i, j)``, ``i < j``, of fingerprint positions worth checking pixel by pixel, sorted."""
-    owners = np.concatenate([np.full(len(f.descriptors), i, dtype=np.int64) for i, f in enumerate(fingerprints)] or
-                            [np.zeros(0, np.int64)])
-    if len(owners) <= NEIGHBOURS or len(fingerprints) < 2:
+    counts = np.array([len(f.descriptors) for f in fingerprints], dtype=np.int64)
+    if counts.sum() <= NEIGHBOURS or len(fingerprints) < 2:
         return []
-    descriptors = np.concatenate([f.descriptors for f in fingerprints]).astype(np.float32)
-    index = cv2.flann_Index(descriptors, {"algorithm": 1, "trees": _TREES})  # 1: FLANN_INDEX_KDTREE
-    neighbours, distances = index.knnSearch(descriptors, NEIGHBOURS + 1, params={"checks": _CHECKS})
-    neighbour_owners = owners[neighbours]
-    voting = (neighbour_owners != owners[:, None]) & (distances < _RATIO_SQUARED * distances[:, -1:])
+    owners = np.repeat(np.arange(len(fingerprints)), counts)
+    mean, basis = _principal_components(fingerprints, counts)
+    ends = np.cumsum(counts)
+
+    def projected(first: int, last: int) -> np.ndarray:
+        """The index coordinates of the keypoints of images ``first..last-1``."""
+        rows = np.empty((ends[last - 1] - ends[first] + counts[first], basis.shape[1]), np.float32)
+        start = 0
+        for fingerprint in fingerprints[first:last]:
+            rows[start : start + len(fingerprint.descriptors)] = (fingerprint.descriptors - mean) @ basis
+            start += len(fingerprint.descriptors)
+        return rows
+
+    # FLANN keeps its own copy of the points: ours goes once the index is built
+    index = cv2.flann_Index(projected(0, len(fingerprints)), {"algorithm": 1, "trees": _TREES})  # 1: KDTREE
+    pairs: set[tuple[int, int]] = set()
+    # the queries of whole images at a time: every vote an image casts is counted within its chunk, and the
+    # memory of the neighbour lists stays that of one chunk whatever the collection's size
+    for first in range(0, len(fingerprints), _IMAGES_PER_CHUNK):
+        last = min(first + _IMAGES_PER_CHUNK, len(fingerprints))
+        neighbours, distances = index.knnSearch(projected(first, last), NEIGHBOURS + 1, params={"checks": _CHECKS})
+        query_owners = owners[ends[first] - counts[first] : ends[last - 1]]
+        pairs.update(_strongest(*_votes(query_owners, owners[neighbours], distances)))
+    return sorted(pairs)
+
+
+def _principal_components(fingerprints: Sequence[Fingerprint], counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, basis)``: the descriptors' mean and their first :data:`INDEX_DIMENSIONS` principal axes, as
+    columns, from every k-th image's descriptors (float32)."""
+    step = max(1, int(counts.sum() // _PCA_SAMPLE))
+    sample = np.concatenate([f.descriptors for f in fingerprints[::step]]).astype(np.float32)
+    mean = sample.mean(axis=0)
+    _, _, axes = np.linalg.svd(sample - mean, full_matrices=False)
+    return mean, np.ascontiguousarray(axes[:INDEX_DIMENSIONS].T)
+
+
+def _votes(query_owners: np.ndarray, neighbour_owners: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(image pairs (voter, voted), vote counts)``: a neighbour from another image votes for it when it is clearly
+    nearer than the farthest neighbour; one vote per keypoint and image, however many of its neighbours it holds."""
+    voting = (neighbour_owners != query_owners[:, None]) & (distances < _RATIO_SQUARED * distances[:, -1:])
     queries, columns = np.nonzero(voting)
-    # one vote per keypoint and other image, however many of its neighbours that image holds
-    votes = np.unique(np.stack([queries, neighbour_owners[queries, columns]], axis=1), axis=0)
-    image_pairs, counts = np.unique(np.stack([owners[votes[:, 0]], votes[:, 1]], axis=1), axis=0, return_counts=True)
-    return _strongest(image_pairs, counts)
+    votes = np.unique(queries * np.int64(neighbour_owners.max() + 1) + neighbour_owners[queries, columns])
+    voters = query_owners[votes // (neighbour_owners.max() + 1)]
+    voted = votes % (neighbour_owners.max() + 1)
+    return np.unique(np.stack([voters, voted], axis=1), axis=0, return_counts=True)
 
 
-def _strongest(image_pairs: np.ndarray, counts: np.ndarray) -> list[tuple[int, int]]:
+def _strongest(image_pairs: np.ndarray, counts: np.ndarray) -> set[tuple[int, int]]:
     """The images each image votes for most (at least :data:`MIN_VOTES` votes, :data:`PER_IMAGE` at most)."""
     keep = counts >= MIN_VOTES
     image_pairs, counts = image_pairs[keep], counts[keep]
@@ -59,4 +104,4 @@ def _strongest(image_pairs: np.ndarray, counts: np.ndarray) -> list[tuple[int, i
     image_pairs = image_pairs[order]
     first = np.searchsorted(image_pairs[:, 0], image_pairs[:, 0], side="left")
     strongest = image_pairs[np.arange(len(image_pairs)) - first < PER_IMAGE]
-    return sorted({(int(min(a, b)), int(max(a, b))) for a, b in strongest})
+    return {(int(min(a, b)), int(max(a, b))) for a, b in strongest}
