@@ -29,7 +29,7 @@ def _check_repeats(table: SplitTable) -> None:
     seen: dict[tuple[str, str, str], Entry] = {}
     for entry in table.entries:
         first = seen.setdefault((entry.split, entry.partition, entry.image), entry)
-        if first is not entry and first.where != entry.where:
+        if first is not entry:
             raise UserValueError(f"{entry.where}: image {entry.image} is listed twice in {entry.partition} (also at "
                                  f"{first.where.rsplit(': ', 1)[-1]}); remove one of them")
 

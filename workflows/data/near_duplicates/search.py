@@ -79,10 +79,12 @@ def _principal_components(fingerprints: Sequence[Fingerprint], counts: np.ndarra
     """``(mean, basis)``: the descriptors' mean and their first :data:`INDEX_DIMENSIONS` principal axes, as
     columns, from every k-th image's descriptors (float32)."""
     step = max(1, int(counts.sum() // _PCA_SAMPLE))
-    sample = np.concatenate([f.descriptors for f in fingerprints[::step]]).astype(np.float32)
+    sample = np.concatenate([f.descriptors for f in fingerprints[::step]]).astype(np.float64)
     mean = sample.mean(axis=0)
-    _, _, axes = np.linalg.svd(sample - mean, full_matrices=False)
-    return mean, np.ascontiguousarray(axes[:INDEX_DIMENSIONS].T)
+    sample -= mean
+    # eigenvectors of the 128 x 128 covariance: the SVD of the sample itself would hold it several times over
+    _, axes = np.linalg.eigh(sample.T @ sample)
+    return mean.astype(np.float32), np.ascontiguousarray(axes[:, ::-1][:, :INDEX_DIMENSIONS], dtype=np.float32)
 
 
 def _votes(query_owners: np.ndarray, neighbour_owners: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

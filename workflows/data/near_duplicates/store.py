@@ -22,7 +22,7 @@ __all__ = ["METHOD_VERSION", "FingerprintStore", "file_key"]
 
 #: part of every cache key and of every datalist's split: a change of the method must not reuse old results
 #: (the revision counts changes of the search and the check)
-METHOD_VERSION = f"sift{KEYPOINTS}-w{WORKING_SIDE}-t{THUMBNAIL_SIDE}-r3"
+METHOD_VERSION = f"sift{KEYPOINTS}-w{WORKING_SIDE}-t{THUMBNAIL_SIDE}-r4"
 
 logger = logging.getLogger("breastseg.near_duplicates")
 
