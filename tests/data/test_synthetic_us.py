@@ -192,6 +192,9 @@ class TestLayouts(unittest.TestCase):
                                "--seed", "3"], capture_output=True, text=True, timeout=120)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn("images: 4", done.stdout)
+        busi = subprocess.run([BREASTSEG, "synth", "--layout", "busi", "--out", str(self.tmp / "cli_busi"), "--cases", "12"],
+                              capture_output=True, text=True, timeout=120)
+        self.assertIn("near_duplicates: 1\n  benign/benign (6).png re-exports benign/benign (1).png (rescaled)\n", busi.stdout)
         self.assertEqual(len(list((self.tmp / "cli" / "Dataset_B" / "GT").glob("*.png"))), 4)
 
 

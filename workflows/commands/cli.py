@@ -41,7 +41,12 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     summary = generate(args.layout, args.out, cases=args.cases, seed=args.seed, full_size=args.full_size)
     for key, value in summary.items():
-        print(f"{key}: {value}")
+        if isinstance(value, list):  # the planted near duplicates: one line each
+            print(f"{key}: {len(value)}")
+            for pair in value:
+                print(f"  {pair['copy']} re-exports {pair['source']} ({pair['transform']})")
+        else:
+            print(f"{key}: {value}")
     return 0
 
 
