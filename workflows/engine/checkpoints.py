@@ -32,7 +32,7 @@ from breastseg.workflows.engine.checkpoint_writer import (
     atomic_torch_save,
     remove_stale_temporaries,
 )
-from breastseg.workflows.engine.model_context import CONTEXT_KEY, WEIGHTS_KEY
+from breastseg.workflows.engine.model_context import CONTEXT_KEY, WEIGHTS_KEY, load_weights_only
 
 __all__ = [
     "BEST_MODEL_FILE",
@@ -244,7 +244,7 @@ class ResumeFromCheckpoint:
             raise FileNotFoundError(
                 f"--resume: no checkpoint at {self.checkpoint}; train once without --resume first"
             )
-        state = torch.load(self.checkpoint, map_location=self.map_location, weights_only=True)
+        state = load_weights_only(self.checkpoint, self.map_location)
         missing = [k for k in ("network", "optimizer", "trainer") if k not in state]
         if missing:
             raise KeyError(f"{self.checkpoint} is not a breastseg training checkpoint: missing {missing}")

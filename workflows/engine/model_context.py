@@ -4,7 +4,8 @@
 they were trained (bundle name and version, network and its settings, ``image_size`` and the chain's
 settings, dataset, a hash of the datalist split, seed, epoch, the validation key metric, the project's git
 commit when known). It loads with ``torch.load(..., weights_only=True)``, MONAI's ``CheckpointLoader``
-(key ``model``) and ``ckpt_export --key_in_ckpt model``.
+(key ``model``) and ``ckpt_export --key_in_ckpt model``; :func:`load_weights_only` reads it in either of torch's
+formats (zip, and the legacy one older tools write) and refuses in one line a file a weights-only load cannot read.
 
 Evaluation and inference take every setting the user did not give from the context
 (:func:`trained_setting`) and refuse one that contradicts it (:class:`TrainedModelLoader`). A bare state dict
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import subprocess
 import uuid
 from pathlib import Path
@@ -39,6 +41,7 @@ __all__ = [
     "trained_setting",
     "check_context",
     "checkpoint_id",
+    "load_weights_only",
     "TrainedModelLoader",
 ]
 
@@ -117,12 +120,43 @@ def checkpoint_id(context: Mapping[str, Any] | None) -> str | None:
     return f"{context['training_id']}-e{int(context['epoch'])}"
 
 
+#: the first bytes of torch's zip format (``torch.save`` since 1.6); older tools write the legacy pickle format
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``, for any checkpoint format torch writes.
+
+    ``mmap`` (read only what is used) applies to the zip format; a legacy file (``_use_new_zipfile_serialization=False``,
+    as older tools write) is read whole instead, still weights-only.
+
+    Raises:
+        UserValueError: one line naming the file: it holds objects a weights-only load refuses (reading them could
+            run code, so they are never unpickled), or it is no torch checkpoint at all (truncated, another format).
+    """
+    path = Path(path)
+    with path.open("rb") as stream:
+        zip_format = stream.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zip_format)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines()]
+        refused = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
+        raise UserValueError(
+            f"{path} is refused: it holds more than weights and plain values ({refused}), and reading it could run "
+            "code from the file; load it only if you trust its source, and save its state dict again with torch.save"
+        ) from None
+    except (EOFError, RuntimeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserValueError(f"{path} cannot be read as a torch checkpoint ({first}): copy it again or train again") from None
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``(state_dict, context)`` of ``model.pt``; the context is ``None`` for a bare state dict (warned)."""
     path = Path(path)
     if not path.is_file():
         raise UserFileNotFoundError(f"no trained model at {path}: train the bundle first or point --ckpt_dir at its models folder")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = load_weights_only(path, map_location)
     if isinstance(state, dict) and WEIGHTS_KEY in state and CONTEXT_KEY in state:
         return state[WEIGHTS_KEY], state[CONTEXT_KEY]
     logger.warning(
@@ -147,7 +181,7 @@ def read_context(path: str | Path) -> dict[str, Any] | None:
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     if key not in _CONTEXTS:
         # mmap: only the small context is read, not the weights (the model loader reads those once)
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = load_weights_only(path, mmap=True)
         _CONTEXTS[key] = state.get(CONTEXT_KEY) if isinstance(state, dict) and WEIGHTS_KEY in state else None
     return _CONTEXTS[key]
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from breastseg.networks.yolov3 import YOLOv3
+from breastseg.workflows.engine.model_context import load_weights_only
 from breastseg.workflows.tracking.serving import NetworkModel
 
 __all__ = ["detector_settings", "build_detector", "load_detector", "DetectorModel"]
@@ -65,7 +66,7 @@ def load_detector(
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"no detector checkpoint at {path}: train the detector first.")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = load_weights_only(path, map_location)
     if isinstance(state, dict) and "network" in state and "anchors" not in state:
         state = state["network"]
     if not isinstance(state, dict) or "anchors" not in state:
