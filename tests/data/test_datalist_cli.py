@@ -229,7 +229,19 @@ class TestDatalist(unittest.TestCase):
         for expected in ("training", "validation", "test", "fold 0", "fold 1",
                          "quarantined: 1", "/d/GT/000099.png: GT mask without image"):
             self.assertIn(expected, text)
-        self.assertRegex(text, r"total\s+12 images\s+12 lesions\s+12 patients")
+        self.assertRegex(text, r"total\s+12 images\s+12 lesion images\s+12 lesions\s+12 patients")
+
+    def test_cli_summary_names_lesion_images_and_lesions_apart(self):
+        # BUSI gives an image one mask file per lesion: "lesions" counts those, "lesion images" the images
+        out = self.tmp / "lesions.json"
+        done = run_cli("datalist", "--dataset", "busi", "--root", str(self.busi), "--out", str(out))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        records = [r for name in SPLITS for r in load_datalist(out)[name]]
+        lesion_images = sum(r["lesion_count"] > 0 for r in records)
+        lesions = sum(r["lesion_count"] for r in records)
+        self.assertLess(lesion_images, lesions)
+        self.assertRegex(done.stdout, rf"total\s+{len(records)} images\s+{lesion_images} lesion images\s+{lesions} lesions")
+        self.assertEqual(load_datalist(out)["summary"]["total"]["lesion_images"], lesion_images)
 
 
 if __name__ == "__main__":

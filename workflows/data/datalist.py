@@ -188,8 +188,11 @@ def _fold_partition(partition: dict[str, str], fold_of: dict[str, int], case_id:
 
 
 def _count(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts of ``records``: ``lesion_images`` have at least one lesion; ``lesions`` counts each annotated lesion (a
+    mask file, a CSV row or an XML ROI), so an image with two masks counts once there and twice here."""
     return {
         "images": len(records),
+        "lesion_images": sum(int(r.get("lesion_count") or 0) > 0 for r in records),
         "lesions": sum(int(r.get("lesion_count") or 0) for r in records),
         "patients": len({str(r["patient_id"]) for r in records}),
         "groups": len({str(r.get(GROUP_KEY, r["patient_id"])) for r in records}),
@@ -336,10 +339,14 @@ def format_summary(datalist: dict[str, Any]) -> str:
         f"split: {split['method']} by {split['group_key']} = {split.get('group_meaning', split['group_key'])}; "
         f"val {split['val_fraction']}, test {split['test_fraction']}, folds {split['folds'] or 'none'}",
     ]
+    lines.append("  (lesion images: images with at least one lesion; lesions: annotated lesions, one mask file, CSV "
+                 "row or XML ROI each)")
     for name, counts in [*((name, summary[name]) for name in (*SPLIT_NAMES, "total")),
                          *((f"fold {fold}", counts) for fold, counts in enumerate(summary.get("folds", [])))]:
         groups = f" {counts['groups']:>6} groups" if "groups" in counts else ""
-        lines.append(f"  {name:<10} {counts['images']:>6} images {counts['lesions']:>6} lesions "
+        # a summary written before lesion images were counted has no such count
+        lesion_images = f" {counts['lesion_images']:>6} lesion images" if "lesion_images" in counts else ""
+        lines.append(f"  {name:<10} {counts['images']:>6} images{lesion_images} {counts['lesions']:>6} lesions "
                      f"{counts['patients']:>6} patients{groups}")
     if split.get("official_rule"):
         moved = split.get("patients_moved_to_test", [])
