@@ -85,6 +85,42 @@ class TestUndecodableDicom(InbreastFixture):
         self.assertIn(f"transfer syntax {RLELossless} (RLE Lossless)", entry["reason"])
         self.assertIn("pip install pylibjpeg pylibjpeg-rle", entry["reason"])
 
+    def test_rle_image_with_a_corrupt_payload_is_quarantined_and_strict_fails(self):
+        import json
+        import subprocess
+        import sys
+
+        import numpy as np
+        from pydicom.encaps import encapsulate
+
+        root = self.copy_release()
+        normals = [Path(r["image"]) for r in index_dataset("inbreast", root).records if r["label"] is None]
+        intact, corrupt = normals[:2]
+        for image in (intact, corrupt):  # both RLE Lossless, pydicom's own encoder: its decoder is installed
+            ds = pydicom.dcmread(image)
+            ds.compress(RLELossless)
+            ds.save_as(image, enforce_file_format=True)
+        ds = pydicom.dcmread(corrupt)
+        ds.PixelData = encapsulate([np.random.default_rng(0).bytes(4096)])  # a garbage frame, well encapsulated
+        ds.save_as(corrupt, enforce_file_format=True)
+        with self.assertRaises(ValueError):  # what stopped training at its first batch
+            read_dicom(corrupt)
+        before = snapshot(root)
+        out = root.parent / "inbreast.json"
+        done = subprocess.run([str(Path(sys.executable).with_name("breastseg")), "datalist", "--dataset", "inbreast",
+                               "--root", str(root), "--out", str(out), "--strict"], capture_output=True, text=True, timeout=300)
+        self.assertEqual(done.returncode, 3, done.stderr)
+        datalist = json.loads(out.read_text())
+        [entry] = datalist["quarantine"]
+        self.assertEqual(entry["path"], str(corrupt))
+        self.assertIn("corrupt pixel data: RLE Lossless decoding failed", entry["reason"])
+        self.assertNotIn("\n", entry["reason"])
+        self.assertIn(str(corrupt), [q["path"] for q in index_dataset("inbreast", root).quarantine])  # by the indexer
+        self.assertIn(f"{corrupt}: corrupt pixel data", done.stdout)
+        in_splits = [r["image"] for name in ("training", "validation", "test") for r in datalist[name]]
+        self.assertIn(str(intact), in_splits)  # an RLE file that decodes is kept
+        self.assertEqual(snapshot(root), before)
+
     def test_jpeg_ls_image_without_any_installed_decoder_is_quarantined(self):
         from pydicom.data import get_testdata_file
 
