@@ -19,6 +19,7 @@ from PIL import Image
 
 from breastseg.workflows.data.indexers import index_dataset
 from breastseg.workflows.data.indexers.udiat import read_labels
+from breastseg.workflows.data.records import IndexResult
 from breastseg.workflows.data.synthetic import generate
 
 torch.set_num_threads(1)
@@ -146,7 +147,7 @@ class TestIndexUdiat(unittest.TestCase):
                             for q in result.quarantine if q["case_id"] == "000003"))
         self.assertEqual({Path(entry["path"]).name for entry in result.ignored}, {"Thumbs.db", "old"})
 
-    def test_bad_sheets_raise_naming_file_and_row(self):
+    def test_bad_sheet_rows_are_named_and_bad_sheets_raise(self):
         with TemporaryDirectory() as folder:
             path = Path(folder) / "DatasetB.xlsx"
             book = Workbook()
@@ -154,16 +155,19 @@ class TestIndexUdiat(unittest.TestCase):
             book.active.append([1, "Benign", "CYST"])
             book.active.append([2, "Unknown", "CYST"])
             book.save(path)
-            with self.assertRaisesRegex(ValueError, r"DatasetB.xlsx.*row 3: Type 'Unknown'"):
-                read_labels(path)
+            result = IndexResult()
+            labels, refused = read_labels(path, result)
+            self.assertEqual(labels["000001"], {"pathology": "benign", "diagnosis": "CYST", "table_rows": ["DatasetB.xlsx:2"]})
+            self.assertRegex(refused["000002"], r"DatasetB.xlsx row 3: Type 'Unknown' is not Benign or Malignant")
+            self.assertEqual(labels["000002"]["table_rows"], ["DatasetB.xlsx:3"])
             book = Workbook()
             book.active.append(["Picture", "Type"])
             book.save(path)
             with self.assertRaisesRegex(ValueError, r"no \['image'\] column"):
-                read_labels(path)
+                read_labels(path, IndexResult())
             path.write_bytes(b"not a zip")
             with self.assertRaisesRegex(ValueError, "cannot read"):
-                read_labels(path)
+                read_labels(path, IndexResult())
 
     def test_indexing_leaves_files_unchanged(self):
         before = snapshot(self.out)

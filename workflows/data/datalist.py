@@ -22,6 +22,7 @@ from breastseg.workflows.data.grouping import group_by_acquisition
 from breastseg.workflows.data.indexers import index_dataset
 from breastseg.workflows.data.leaks import count_leaks, format_leaks, leaked_images
 from breastseg.workflows.data.near_duplicates import METHOD_VERSION, FingerprintStore
+from breastseg.workflows.data.records import name_table_rows
 from breastseg.workflows.data.splits import SPLIT_NAMES, assign_folds, natural_key, split_groups
 from breastseg.workflows.data.splits import official_split as keep_official_split
 
@@ -106,6 +107,7 @@ def build_datalist(
     result = index_dataset(dataset, root, fingerprints=store, **index_options)
     grouping = group_by_acquisition(result.records, store, near_duplicates, label_conflicts)
     store.save()
+    name_table_rows(grouping.quarantine, {str(r["case_id"]): r.get("table_rows") or [] for r in result.records})
     moved: list[str] = []
     if official_split:
         splits, moved = keep_official_split(grouping.records, seed, val_fraction, GROUP_KEY, STRATIFY_KEY)

@@ -25,6 +25,8 @@ key                  meaning
 ``spacing``          ``[row_mm, col_mm]`` when the file states it, else ``None``
 ``rows``/``columns`` image size in pixels (from the header, never assumed)
 ``flags``            list of notes on the record (``"normal"``, ``"mask-crop-swapped"``, ...)
+``table_rows``       the rows of the dataset's table the record comes from (see below; ``[]`` for
+                     BUSI, which has no table, and an image its table does not list)
 ===================  ==========================================================================
 
 Indexers may add dataset-specific keys (``official_split``, ``abnormality``, ``mass_shape``...).
@@ -34,14 +36,20 @@ A *quarantine entry* is ``{"case_id": ..., "path": <the file at fault>, "reason"
 record an indexer cannot use is listed, never dropped silently. An *ignored entry* ``{"path", "reason"}``
 lists a file or folder inside a dataset's image folders that is no image at all (``.DS_Store``, notes,
 sub-folders), so that every file there is indexed, quarantined or ignored by name.
+
+Rows of the datasets' tables (CBIS-DDSM's description CSVs, ``INbreast.csv``, ``DatasetB.xlsx``) are accounted
+for the same way: a record, a quarantine entry, a duplicate entry or an ignored entry (a blank row) built from
+table rows lists them in ``table_rows`` (``"<file name>:<row>"``, row 1 being the header), so every row of
+every table read ends up in one of these places, by name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["IndexResult", "quarantine_entry", "MISSING_TOKENS", "parse_missing"]
+__all__ = ["IndexResult", "quarantine_entry", "table_row", "name_table_rows", "MISSING_TOKENS", "parse_missing"]
 
 #: Cell values that mean "no value" in the datasets' tables.
 MISSING_TOKENS = frozenset({"", "NA", "N/A", "NAN", "NONE", "NULL"})
@@ -55,8 +63,25 @@ def parse_missing(value: Any) -> Any:
     return None if text.upper() in MISSING_TOKENS else text
 
 
-def quarantine_entry(case_id: str, path: str, reason: str) -> dict[str, str]:
-    return {"case_id": str(case_id), "path": str(path), "reason": reason}
+def table_row(table: str | Path, row: int) -> str:
+    """How records and entries name a table row: ``"<file name>:<row>"`` (row 1 is the header)."""
+    return f"{Path(table).name}:{row}"
+
+
+def name_table_rows(entries: Iterable[dict[str, Any]], rows_of: Mapping[str, Sequence[str]]) -> None:
+    """Give each entry without ``table_rows`` those of its case (``rows_of``: case id -> rows), for entries made by
+    steps that know files, not tables (an image quarantined for its pixels, an exact duplicate)."""
+    for entry in entries:
+        rows = rows_of.get(str(entry.get("case_id")))
+        if rows and not entry.get("table_rows"):
+            entry["table_rows"] = list(rows)
+
+
+def quarantine_entry(case_id: str, path: str, reason: str, table_rows: Sequence[str] = ()) -> dict[str, Any]:
+    entry: dict[str, Any] = {"case_id": str(case_id), "path": str(path), "reason": reason}
+    if table_rows:
+        entry["table_rows"] = list(table_rows)
+    return entry
 
 
 @dataclass
@@ -64,12 +89,14 @@ class IndexResult:
     """What an indexer returns: usable records, quarantined ones, exact duplicates removed, and files ignored."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
-    quarantine: list[dict[str, str]] = field(default_factory=list)
-    duplicates: list[dict[str, str]] = field(default_factory=list)
-    ignored: list[dict[str, str]] = field(default_factory=list)
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[dict[str, Any]] = field(default_factory=list)
 
-    def quarantine_record(self, case_id: str, path: str, reason: str) -> None:
-        self.quarantine.append(quarantine_entry(case_id, path, reason))
+    def quarantine_record(self, case_id: str, path: str, reason: str, table_rows: Sequence[str] = ()) -> dict[str, Any]:
+        """Add a quarantine entry (``table_rows``: the table rows it leaves unused) and return it."""
+        self.quarantine.append(quarantine_entry(case_id, path, reason, table_rows))
+        return self.quarantine[-1]
 
-    def ignore(self, path: str, reason: str) -> None:
-        self.ignored.append({"path": str(path), "reason": reason})
+    def ignore(self, path: str, reason: str, table_rows: Sequence[str] = ()) -> None:
+        self.ignored.append({"path": str(path), "reason": reason, **({"table_rows": list(table_rows)} if table_rows else {})})

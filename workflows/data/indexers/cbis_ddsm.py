@@ -14,10 +14,16 @@ Rules (``shared/notes/datasets.md`` (beside the repository) section 1):
   else the row has no usable mask and the image is quarantined (masks are never resized).
 * All rows of one image are OR-ed: ``label`` is the list of the validated mask paths. One bad row
   quarantines its whole image, since a missing lesion would be taught as background: a row whose mask
-  cannot be had (not found, another size, empty), and also a CSV row that fails validation (a blank ROI
-  path...), whose film is named by its image path or, when that is blank, by table, split, patient,
-  side and view. Whole-image quarantine was chosen over masking the lesion out of the loss: the lesion's
-  extent is unknown without its mask, so no region could be masked out safely.
+  cannot be had (not found, another size, empty), and also a CSV row that fails validation (a blank or
+  invalid cell in any column read: a blank image or ROI path, an abnormality type of the other table, an
+  image path whose subject folder is not the row's patient, side and view...), whose film is named by its
+  image path or, when that is blank, by table, split, patient, side and view. Whole-image quarantine was
+  chosen over masking the lesion out of the loss: the lesion's extent is unknown without its mask, so no
+  region could be masked out safely.
+* Every CSV row is accounted for by name (``table_rows``, :mod:`~breastseg.workflows.data.records`): in its
+  image's record, in the quarantine entry of its image (or of the row itself when no image can be named),
+  in ``duplicates`` (a row repeating another row of the same abnormality cell for cell), or in ``ignored``
+  (a blank row). Two different rows for one abnormality quarantine their image.
 * ``abnormality="both"`` indexes both tables; a film listed as a ``Mass-`` and a ``Calc-`` series
   (same patient, side and view) keeps the ``Mass-`` record, adds the ``Calc-`` masks to it when the
   two images have the same size, and lists the ``Calc-`` image in ``IndexResult.duplicates``. When one of
@@ -40,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from breastseg.workflows.data.indexers._dicom_header import DicomHeader, read_header, read_mask_pixels
-from breastseg.workflows.data.records import IndexResult, parse_missing
+from breastseg.workflows.data.records import IndexResult, parse_missing, table_row
 
 __all__ = ["CSV_FILES", "ABNORMALITY_CHOICES", "index"]
 
@@ -62,6 +68,8 @@ _COMMON_COLUMNS = (
 _DESCRIPTOR_COLUMNS = {"mass": ("mass shape", "mass margins"), "calc": ("calc type", "calc distribution")}
 _DESCRIPTOR_KEYS = {"mass": ("mass_shape", "mass_margins"), "calc": ("calc_type", "calc_distribution")}
 _PATHOLOGY_SEVERITY = {"benign_without_callback": 0, "benign": 1, "malignant": 2}
+#: the ``abnormality type`` of each table's rows
+_ABNORMALITY_TYPES = {"mass": "mass", "calc": "calcification"}
 _PATIENT = re.compile(r"^P_\d{5}$")
 
 
@@ -76,6 +84,10 @@ class _Row:
     @property
     def case_id(self) -> str:
         return self.values["image file path"].split("/")[0]
+
+    @property
+    def ref(self) -> str:
+        return table_row(self.csv_path, self.line)
 
 
 def _normalise_header(name: str) -> str:
@@ -94,7 +106,7 @@ def _parse_int(value: str | None, low: int, high: int, column: str) -> int | Non
     return number
 
 
-def _validate_row(cells: dict[str, str | None]) -> dict[str, Any]:
+def _validate_row(cells: dict[str, str | None], table: str, split: str) -> dict[str, Any]:
     values: dict[str, Any] = dict(cells)
     if not _PATIENT.match(cells["patient id"] or ""):
         raise ValueError(f"patient_id {cells['patient id']!r} is not of the form P_00000")
@@ -102,10 +114,17 @@ def _validate_row(cells: dict[str, str | None]) -> dict[str, Any]:
         raise ValueError(f"left or right breast {cells['left or right breast']!r} is not LEFT/RIGHT")
     if cells["image view"] not in ("CC", "MLO"):
         raise ValueError(f"image view {cells['image view']!r} is not CC/MLO")
+    if (cells["abnormality type"] or "").lower() != _ABNORMALITY_TYPES[table]:
+        raise ValueError(f"abnormality type {cells['abnormality type']!r} is not {_ABNORMALITY_TYPES[table]!r} "
+                         f"(this is the {table} table)")
     for column in ("image file path", "cropped image file path", "roi mask file path"):
         if cells[column] is None:
             raise ValueError(f"{column} is empty")
         values[column] = cells[column].replace("\\", "/")
+    subject, film = values["image file path"].split("/")[0], _film_name(cells, table, split)
+    if subject != film:
+        # the patient id is the split's unit: a row naming another patient's image would put it in the wrong group
+        raise ValueError(f"image file path names {subject!r} but patient id, side and view give {film!r}")
     values["abnormality id"] = _parse_int(cells["abnormality id"], 1, 99, "abnormality id")
     values["breast density"] = _parse_int(cells["breast density"], 0, 4, "breast density")
     values["subtlety"] = _parse_int(cells["subtlety"], 0, 5, "subtlety")
@@ -117,20 +136,26 @@ def _validate_row(cells: dict[str, str | None]) -> dict[str, Any]:
     return values
 
 
-def _film_of_cells(cells: dict[str, str | None], table: str, split: str) -> str | None:
-    """The case id (subject folder) a CSV row belongs to, even when the row itself is invalid."""
+def _film_name(cells: dict[str, str | None], table: str, split: str) -> str:
+    """The subject folder (case id) of a row's table, split, patient, side and view: ``Mass-Training_P_00001_LEFT_CC``."""
+    kind, part = "Mass" if table == "mass" else "Calc", "Training" if split == "train" else "Test"
+    return f"{kind}-{part}_{cells.get('patient id')}_{cells.get('left or right breast')}_{cells.get('image view')}"
+
+
+def _films_of_cells(cells: dict[str, str | None], table: str, split: str) -> list[str]:
+    """The case ids (subject folders) an invalid CSV row may belong to: its image path's, and its patient, side
+    and view's when they are given (both when they disagree: either film could lack the row's lesion)."""
     image_path = cells.get("image file path")
-    if image_path:
-        return image_path.replace("\\", "/").split("/")[0]
-    patient, side, view = cells.get("patient id"), cells.get("left or right breast"), cells.get("image view")
-    if not (patient and side and view):
-        return None
-    return f"{'Mass' if table == 'mass' else 'Calc'}-{'Training' if split == 'train' else 'Test'}_{patient}_{side}_{view}"
+    films = [image_path.replace("\\", "/").split("/")[0]] if image_path else []
+    if (_PATIENT.match(cells.get("patient id") or "") and cells.get("left or right breast") in ("LEFT", "RIGHT")
+            and cells.get("image view") in ("CC", "MLO")):
+        films.append(_film_name(cells, table, split))
+    return list(dict.fromkeys(films))
 
 
-def _read_csv(path: Path, table: str, split: str, result: IndexResult, bad_films: dict[str, str]) -> list[_Row]:
-    """The valid rows; an invalid row is quarantined and, when its film is known, recorded in ``bad_films``
-    (case id -> reason) so that the film's other rows are not used alone."""
+def _read_csv(path: Path, table: str, split: str, result: IndexResult, bad_films: dict[str, dict[str, Any]]) -> list[_Row]:
+    """The valid rows; an invalid row is quarantined and, when its film is known, its quarantine entry is recorded
+    in ``bad_films`` (case id -> entry) so that the film's other rows are not used alone, and are named there."""
     with path.open(newline="", encoding="utf-8-sig") as stream:
         table_rows = list(csv.reader(stream))
     if not table_rows:
@@ -142,25 +167,28 @@ def _read_csv(path: Path, table: str, split: str, result: IndexResult, bad_films
         raise ValueError(f"{path}: missing column(s) {missing}; header is {table_rows[0]}")
     rows = []
     for line, cells in enumerate(table_rows[1:], start=2):
+        ref = [table_row(path, line)]
         if not any(cell.strip() for cell in cells):
+            result.ignore(str(path), f"row {line} is blank", ref)
             continue
         if len(cells) != len(header):
-            result.quarantine_record(f"{path.name}:{line}", str(path), f"row {line} has {len(cells)} fields, expected {len(header)}")
+            result.quarantine_record(ref[0], str(path), f"row {line} has {len(cells)} fields, expected {len(header)}", ref)
             continue
         stripped = {name: parse_missing(cell) for name, cell in zip(header, cells)}
         try:
-            values = _validate_row(stripped)
+            values = _validate_row(stripped, table, split)
         except ValueError as error:
-            film = _film_of_cells(stripped, table, split)
-            if film is None:
-                result.quarantine_record(f"{path.name}:{line}", str(path), f"row {line}: {error}")
+            films = _films_of_cells(stripped, table, split)
+            if not films:
+                result.quarantine_record(ref[0], str(path), f"row {line}: {error}; fix the row", ref)
                 continue
             reason = (
-                f"row {line}: {error}; image {film} quarantined whole (abnormality "
+                f"row {line}: {error}; image {' and '.join(films)} quarantined whole (abnormality "
                 f"{stripped.get('abnormality id') or '?'} has no usable row: its lesion would be taught as background)"
             )
-            result.quarantine_record(film, str(path), reason)
-            bad_films.setdefault(film, reason)
+            entry = result.quarantine_record(films[0], str(path), reason, ref)
+            for film in films:
+                bad_films.setdefault(film, entry)
             continue
         rows.append(_Row(table, split, path, line, values))
     return rows
@@ -272,25 +300,51 @@ def _abnormality_entry(row: _Row, mask: DicomHeader) -> dict[str, Any]:
     }
 
 
+def _distinct_rows(rows: list[_Row], result: IndexResult) -> list[_Row] | None:
+    """One row per abnormality of an image: a row repeating an earlier one cell for cell goes to ``duplicates``;
+    two different rows for one abnormality quarantine the image (``None``: which one is right cannot be told)."""
+    kept: dict[int, _Row] = {}
+    for row in sorted(rows, key=lambda item: (item.values["abnormality id"], item.line)):
+        first = kept.setdefault(row.values["abnormality id"], row)
+        if first is row:
+            continue
+        where = f"{row.csv_path.name} row {row.line} and row {first.line}"
+        if row.values != first.values:
+            result.quarantine_record(
+                row.case_id, str(row.csv_path), f"{where} describe abnormality {row.values['abnormality id']} differently; "
+                "keep one of them", [r.ref for r in rows])
+            return None
+        result.duplicates.append({
+            "case_id": row.case_id, "path": str(row.csv_path), "duplicate_of": row.case_id,
+            "reason": f"{where} are the same abnormality {row.values['abnormality id']}, cell for cell; used once",
+            "table_rows": [row.ref],
+        })
+    return list(kept.values())
+
+
 def _image_record(rows: list[_Row], disk: _DiskIndex, check_content: bool, result: IndexResult) -> dict[str, Any] | None:
     first = rows[0]
     case_id = first.case_id
+    refs = [row.ref for row in rows]
     full = disk.resolve(first.values["image file path"])
     if not isinstance(full, DicomHeader):
-        result.quarantine_record(case_id, first.values["image file path"], f"full mammogram: {full}")
+        result.quarantine_record(case_id, first.values["image file path"], f"full mammogram: {full}", refs)
+        return None
+    distinct = _distinct_rows(rows, result)
+    if distinct is None:
         return None
     masks, flags, abnormalities = [], set(), []
-    for row in sorted(rows, key=lambda item: item.values["abnormality id"]):
+    for row in distinct:
         roi = disk.resolve(row.values["roi mask file path"])
         crop = disk.resolve(row.values["cropped image file path"])
         mask, note = _choose_mask(full, roi, crop)
         if mask is None:
             at_fault = str(roi.path) if isinstance(roi, DicomHeader) else row.values["roi mask file path"]
-            result.quarantine_record(case_id, at_fault, f"abnormality {row.values['abnormality id']}: {note}")
+            result.quarantine_record(case_id, at_fault, f"abnormality {row.values['abnormality id']}: {note}", refs)
             return None
         reason = _check_mask_content(mask) if check_content else ""
         if reason:
-            result.quarantine_record(case_id, str(mask.path), f"abnormality {row.values['abnormality id']}: {reason}")
+            result.quarantine_record(case_id, str(mask.path), f"abnormality {row.values['abnormality id']}: {reason}", refs)
             return None
         if note:
             flags.add(note)
@@ -322,6 +376,7 @@ def _image_record(rows: list[_Row], disk: _DiskIndex, check_content: bool, resul
         "official_split": first.split,
         "abnormality": abnormalities[0]["type"],
         "abnormalities": abnormalities,
+        "table_rows": [row.ref for row in distinct],
     }
 
 
@@ -355,6 +410,7 @@ def _without_quarantined_films(records: list[dict[str, Any]], result: IndexResul
             record["image"],
             f"same patient, side and view as {twin}, which is quarantined: the film's lesions of that table "
             "would be taught as background",
+            record["table_rows"],
         )
     return kept
 
@@ -371,6 +427,7 @@ def _deduplicate(records: list[dict[str, Any]], result: IndexResult) -> list[dic
         if (twin["rows"], twin["columns"]) == (record["rows"], record["columns"]):
             twin["label"] = twin["label"] + record["label"]
             twin["abnormalities"] = twin["abnormalities"] + record["abnormalities"]
+            twin["table_rows"] = twin["table_rows"] + record["table_rows"]
             twin["lesion_count"] += record["lesion_count"]
             twin["flags"] = sorted(set(twin["flags"]) | {"calc-masks-from-duplicate"})
             what = "its calcification masks were added to the kept record"
@@ -383,6 +440,7 @@ def _deduplicate(records: list[dict[str, Any]], result: IndexResult) -> list[dic
                 "path": record["image"],
                 "duplicate_of": twin["case_id"],
                 "reason": f"same patient, side and view as {twin['case_id']} (film listed in both tables); {what}",
+                "table_rows": record["table_rows"],
             }
         )
     return kept
@@ -413,14 +471,16 @@ def index(root: Path, abnormality: str = "mass", check_mask_content: bool = True
     tables = ("mass", "calc") if abnormality == "both" else (abnormality,)
     result = IndexResult()
     rows: list[_Row] = []
-    bad_films: dict[str, str] = {}
+    bad_films: dict[str, dict[str, Any]] = {}
     for (table, split), path in _find_csvs(root, tables).items():
         rows.extend(_read_csv(path, table, split, result, bad_films))
     disk = _DiskIndex(root)
 
     by_image: dict[tuple[str, str], list[_Row]] = defaultdict(list)
     for row in rows:
-        if row.case_id not in bad_films:  # already quarantined whole, with the CSV row named
+        if row.case_id in bad_films:  # already quarantined whole, with the invalid CSV row named: name this one too
+            bad_films[row.case_id]["table_rows"].append(row.ref)
+        else:
             by_image[(row.table, row.values["image file path"])].append(row)
     records = []
     for image_rows in by_image.values():

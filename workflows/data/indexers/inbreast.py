@@ -17,10 +17,15 @@ Bad input and what happens to it:
 * quarantined (the record is unusable): unreadable or truncated DICOM, a file name not in the release
   pattern, an unreadable XML or one whose ``NumberOfPoints`` is wrong, a selected ROI that covers no
   pixel of the image, an XML or table row without its DICOM, two DICOMs with one ``FileName``, an image
-  without XML whose BI-RADS reports a finding (3 or more: its lesion would be taught as background);
+  without XML whose BI-RADS reports a finding (3 or more: its lesion would be taught as background), a table
+  row with an invalid cell (laterality, view, ACR, BI-RADS: a BI-RADS that cannot be read cannot tell a normal
+  image from an unannotated finding) or without a file name, and two different rows for one image;
 * flagged (the record stays usable, a warning names the file): ``xml-points-outside-image`` (points
   are clipped, as in every public parser), ``unknown-roi-name`` (those ROIs are not drawn),
   ``not-in-table``, ``table-name-mismatch`` (table and file name disagree on side or view; the table wins).
+
+Every table row ends up in a record, a quarantine entry, ``duplicates`` (a row repeating another, cell for
+cell) or ``ignored`` (a blank row), named in their ``table_rows``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import csv
 import io
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,7 @@ from breastseg.transforms.io.inbreast_xml import (
     read_inbreast_rois,
 )
 from breastseg.workflows.data.indexers._dicom_header import DicomHeader, read_header
-from breastseg.workflows.data.records import IndexResult, parse_missing
+from breastseg.workflows.data.records import IndexResult, parse_missing, table_row
 
 __all__ = ["DICOM_NAME", "TABLE_NAME", "index"]
 
@@ -53,6 +59,8 @@ DICOM_NAME = re.compile(r"^(?P<file>\d{8})_(?P<token>[0-9a-fA-F]{16})_MG_(?P<sid
 TABLE_NAME = "INbreast.csv"
 _TABLE_COLUMNS = ("laterality", "view", "acquisition date", "file name", "acr", "bi-rads")
 _BIRADS = re.compile(r"^[0-6][abc]?$")
+_FILE_NAME = re.compile(r"^\d{8}$")
+_SIDES, _VIEWS = ("L", "R"), ("CC", "ML", "MLO", "FB")
 #: the lowest BI-RADS category that reports a finding to follow up (3 probably benign ... 6 known cancer)
 FINDING_BIRADS = 3
 
@@ -67,7 +75,28 @@ def _find_release(root: Path) -> Path:
     return found[0]
 
 
-def _read_table(path: Path) -> dict[str, dict[str, str | None]]:
+def _cell_problem(row: dict[str, str | None]) -> str:
+    """The first cell of a table row that is neither missing nor valid, in words; "" when every cell is usable."""
+    checks = (("laterality", lambda v: v.upper() in _SIDES, "L or R"), ("view", lambda v: v.upper() in _VIEWS, "CC, MLO, ML or FB"),
+              ("acr", lambda v: _parse_acr(v) is not None, "1 to 4"), ("bi-rads", lambda v: _BIRADS.match(v.lower()), "0 to 6, 4a/4b/4c"))
+    for column, valid, expected in checks:
+        value = row.get(column)
+        if value is not None and not valid(value):
+            return f"{column} {value!r} is not {expected}"
+    return ""
+
+
+@dataclass
+class _TableRow:
+    line: int
+    cells: dict[str, str | None]
+    ref: str
+
+
+def _read_table(path: Path, result: IndexResult) -> tuple[dict[str, _TableRow], set[str]]:
+    """``(file name -> its row, file names refused)``. A blank row is ignored and a row without a usable file name
+    quarantined, by row; an image whose row has an invalid cell, or whose rows differ, is refused (quarantined with
+    all its rows); a row repeating another cell for cell is a duplicate."""
     text = path.read_bytes().decode("utf-8-sig", errors="replace")
     lines = list(csv.reader(io.StringIO(text, newline=""), delimiter=";"))
     if not lines:
@@ -76,15 +105,36 @@ def _read_table(path: Path) -> dict[str, dict[str, str | None]]:
     missing = [column for column in _TABLE_COLUMNS if column not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; header is {lines[0]}")
-    table = {}
-    for cells in lines[1:]:
+    rows_of: dict[str, list[_TableRow]] = {}
+    for line, cells in enumerate(lines[1:], start=2):
+        ref = table_row(path, line)
         if not any(cell.strip() for cell in cells):
+            result.ignore(str(path), f"row {line} is blank", [ref])
             continue
         row = {name: parse_missing(cell) for name, cell in zip(header, cells)}
-        file_name = row.get("file name")
-        if file_name:
-            table[file_name.split(".")[0]] = row  # spreadsheet exports may write 20586908.0
-    return table
+        file_name = (row.get("file name") or "").split(".")[0]  # spreadsheet exports may write 20586908.0
+        if any(cell.strip() for cell in cells[len(header):]) or not _FILE_NAME.match(file_name):
+            problem = f"has {len(cells)} fields, expected {len(header)}" if len(cells) > len(header) else \
+                f"has no 8-digit File Name ({row.get('file name')!r})"
+            result.quarantine_record(ref, str(path), f"{TABLE_NAME} row {line} {problem}: which image it describes is "
+                                     "unknown; fix the row", [ref])
+            continue
+        rows_of.setdefault(file_name, []).append(_TableRow(line, row, ref))
+    table: dict[str, _TableRow] = {}
+    refused: set[str] = set()
+    for file_name, listed in rows_of.items():
+        first, lines_of = listed[0], " and ".join(str(row.line) for row in listed)
+        problems = [f"row {row.line}: {problem}" for row in listed if (problem := _cell_problem(row.cells))]
+        if problems or any(row.cells != first.cells for row in listed[1:]):
+            why = "; ".join(problems) or f"rows {lines_of} describe image {file_name} differently"
+            result.quarantine_record(file_name, str(path), f"{TABLE_NAME} {why}; fix the table", [row.ref for row in listed])
+            refused.add(file_name)
+            continue
+        table[file_name] = first
+        for row in listed[1:]:
+            result.duplicates.append({"case_id": file_name, "path": str(path), "duplicate_of": file_name, "table_rows": [row.ref],
+                                      "reason": f"{TABLE_NAME} row {row.line} repeats row {first.line} cell for cell; used once"})
+    return table, refused
 
 
 def _parse_acr(value: str | None) -> int | None:
@@ -155,8 +205,8 @@ def index(root: Path, roi_kinds: tuple[str, ...] | list[str] = ("mass",)) -> Ind
     table_path = release / TABLE_NAME
     if not table_path.is_file():
         raise FileNotFoundError(f"{TABLE_NAME} not found in {release}")
-    table = _read_table(table_path)
     result = IndexResult()
+    table, refused = _read_table(table_path, result)
     xmls = _annotations(release, result)
 
     seen: dict[str, Path] = {}
@@ -170,6 +220,8 @@ def index(root: Path, roi_kinds: tuple[str, ...] | list[str] = ("mass",)) -> Ind
             result.quarantine_record(file_name, str(path), f"another DICOM has FileName {file_name}: {seen[file_name]}")
             continue
         seen[file_name] = path
+        if file_name in refused:
+            continue  # quarantined with its table row
         try:
             header = read_header(path)
         except ValueError as error:
@@ -182,9 +234,10 @@ def index(root: Path, roi_kinds: tuple[str, ...] | list[str] = ("mass",)) -> Ind
     for file_name, xml in xmls.items():
         if file_name not in seen:
             result.quarantine_record(file_name, str(xml), "annotation without a DICOM in AllDICOMs")
-    for file_name in table:
+    for file_name, row in table.items():
         if file_name not in seen:
-            result.quarantine_record(file_name, str(table_path), f"listed in {TABLE_NAME} but no DICOM in AllDICOMs")
+            result.quarantine_record(file_name, str(table_path), f"listed in {TABLE_NAME} (row {row.line}) but no DICOM in AllDICOMs",
+                                     [row.ref])
     return result
 
 
@@ -192,7 +245,7 @@ def _record(
     path: Path,
     match: re.Match[str],
     header: DicomHeader,
-    row: dict[str, str | None] | None,
+    listed: _TableRow | None,
     xml: Path | None,
     kinds: tuple[str, ...],
     result: IndexResult,
@@ -200,11 +253,13 @@ def _record(
     file_name = match["file"]
     name_side, name_view = match["side"], "MLO" if match["view"] == "ML" else match["view"]
     flags: list[str] = []
+    row = listed.cells if listed else None
     if row is None:
         flags.append("not-in-table")
         side, view = name_side, name_view
     else:
         side, view = (row.get("laterality") or name_side).upper(), (row.get("view") or name_view).upper()
+        view = "MLO" if view == "ML" else view
         if (side, view) != (name_side, name_view):
             flags.append("table-name-mismatch")
     birads = (row or {}).get("bi-rads")
@@ -232,6 +287,7 @@ def _record(
         "columns": header.columns,
         "flags": flags,
         "acquisition_date": (row or {}).get("acquisition date"),
+        "table_rows": [listed.ref] if listed else [],
     }
     if xml is None:
         if birads is not None and int(birads[0]) >= FINDING_BIRADS:

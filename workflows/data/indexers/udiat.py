@@ -9,9 +9,12 @@ Images and GT may be in any format PIL reads (``.png``, ``.bmp``...). Every entr
 is indexed, quarantined or ignored, by name. Quarantined: an image without GT, a GT without image, two image
 files with one stem (``000005.png`` and ``000005.jpg``), an unreadable image or GT, an image whose mode states
 no bit depth (32-bit integer or float), a GT whose size differs from its image, an empty GT (nothing above
-127), and a sheet row naming an image that is not on disk. Ignored (listed in ``ignored``): files in no
-format PIL reads and sub-folders. A 16-bit image is flagged ``image-16-bit``. Exact duplicate images keep
-the first in natural order. UDIAT has no patient ids: ``patient_id`` is the stem.
+127), a sheet row naming an image that is not on disk, a sheet row whose Image is not an integer (or blank
+in a row with other cells), and an image whose row has a Type other than Benign/Malignant or whose rows differ.
+Ignored (listed in ``ignored``): files in no format PIL reads, sub-folders and blank sheet rows. A sheet row
+repeating another cell for cell is listed in ``duplicates``; every sheet row is named (``table_rows``) in a
+record or one of these entries. A 16-bit image is flagged ``image-16-bit``. Exact duplicate images keep the
+first in natural order. UDIAT has no patient ids: ``patient_id`` is the stem.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from breastseg.workflows.data.indexers._image_files import (
     usable_image,
 )
 from breastseg.workflows.data.near_duplicates import FingerprintStore
-from breastseg.workflows.data.records import IndexResult, parse_missing
+from breastseg.workflows.data.records import IndexResult, name_table_rows, parse_missing, table_row
 from breastseg.workflows.data.splits import natural_key, remove_exact_duplicates
 
 __all__ = ["FOLDERS", "XLSX_NAME", "find_udiat_root", "read_labels", "index"]
@@ -55,12 +58,19 @@ def find_udiat_root(root: Path) -> Path:
     )
 
 
-def read_labels(xlsx: Path) -> dict[str, dict[str, str | None]]:
-    """``{"000001": {"pathology": "benign", "diagnosis": "CYST"}, ...}`` from the first sheet.
+def _cell(values: dict[str, Any], column: str | None) -> str | None:
+    value = values.get(column) if column else None
+    return parse_missing(None if value is None or pd.isna(value) else value)
+
+
+def read_labels(xlsx: Path, result: IndexResult) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """``({"000001": {"pathology": "benign", "diagnosis": "CYST", "table_rows": [...]}, ...}, refused)`` from the
+    first sheet; ``refused`` maps an image whose row is unusable (a Type other than Benign/Malignant, or two rows
+    that differ) to the reason, and its rows are named there. A blank row is ignored; a row whose Image is no
+    integer is quarantined itself; a row repeating another cell for cell goes to ``duplicates``.
 
     Raises:
-        ValueError: the file cannot be read, lacks an ``Image`` or ``Type`` column, or a row has an
-            image number that is not an integer or a type other than Benign/Malignant (row named).
+        ValueError: the file cannot be read or lacks an ``Image`` or ``Type`` column.
     """
     try:
         table = pd.read_excel(xlsx, sheet_name=0, header=0, dtype=object, engine="openpyxl")
@@ -71,28 +81,42 @@ def read_labels(xlsx: Path) -> dict[str, dict[str, str | None]]:
     missing = {"image", "type"} - set(table.columns)
     if missing:
         raise ValueError(f"{str(xlsx)!r} has no {sorted(missing)} column(s); found {list(table.columns)}")
-    others = [column for column in table.columns if column not in ("image", "type")]
-    labels: dict[str, dict[str, str | None]] = {}
+    diagnosis_column = next((column for column in table.columns if column not in ("image", "type")), None)
+    rows_of: dict[str, list[tuple[int, tuple[str | None, ...]]]] = {}
     for row_number, row in enumerate(table.itertuples(index=False), start=2):
         values = dict(zip(table.columns, row))
-        image = parse_missing(None if pd.isna(values["image"]) else values["image"])
-        if image is None:
-            continue  # blank trailing rows of the sheet
+        ref = [table_row(xlsx, row_number)]
+        if all(_cell(values, column) is None for column in table.columns):
+            result.ignore(str(xlsx), f"row {row_number} is blank", ref)
+            continue
+        cells = (_cell(values, "image"), _cell(values, "type"), _cell(values, diagnosis_column))
         try:
-            number = float(image)
+            number = float(cells[0]) if cells[0] is not None else float("nan")
         except ValueError:
             number = float("nan")
         if not number.is_integer():
-            raise ValueError(f"{str(xlsx)!r} row {row_number}: Image {image!r} is not an integer")
-        kind = parse_missing(None if pd.isna(values["type"]) else values["type"])
-        if kind is not None and kind.lower() not in _TYPES:
-            raise ValueError(f"{str(xlsx)!r} row {row_number}: Type {kind!r} is not Benign or Malignant")
-        diagnosis = values[others[0]] if others else None
-        labels[str(int(number)).zfill(6)] = {
-            "pathology": None if kind is None else _TYPES[kind.lower()],
-            "diagnosis": parse_missing(None if pd.isna(diagnosis) else diagnosis),
-        }
-    return labels
+            what = "is blank" if cells[0] is None else f"{cells[0]!r} is not an integer"
+            result.quarantine_record(ref[0], str(xlsx), f"{XLSX_NAME} row {row_number}: Image {what}, so which image "
+                                     "the row labels is unknown; fix the cell", ref)
+            continue
+        rows_of.setdefault(str(int(number)).zfill(6), []).append((row_number, cells))
+    labels: dict[str, dict[str, Any]] = {}
+    refused: dict[str, str] = {}
+    for stem, listed in rows_of.items():
+        refs = [table_row(xlsx, number) for number, _ in listed]
+        (first_number, (_, kind, diagnosis)), numbers = listed[0], " and ".join(str(number) for number, _ in listed)
+        bad_types = [f"row {number}: Type {cells[1]!r} is not Benign or Malignant" for number, cells in listed
+                     if cells[1] is not None and cells[1].lower() not in _TYPES]
+        if bad_types or any(cells[1:] != listed[0][1][1:] for _, cells in listed[1:]):
+            refused[stem] = f"{XLSX_NAME} {'; '.join(bad_types) or f'rows {numbers} label image {stem} differently'}; fix the table"
+            labels[stem] = {"table_rows": refs}
+            continue
+        labels[stem] = {"pathology": None if kind is None else _TYPES[kind.lower()], "diagnosis": diagnosis,
+                        "table_rows": refs[:1]}
+        for number, _ in listed[1:]:
+            result.duplicates.append({"case_id": stem, "path": str(xlsx), "duplicate_of": stem, "table_rows": [table_row(xlsx, number)],
+                                      "reason": f"{XLSX_NAME} row {number} repeats row {first_number} cell for cell; used once"})
+    return labels, refused
 
 
 def _inspect_gt(path: Path) -> tuple[tuple[int, int], np.ndarray]:
@@ -151,6 +175,7 @@ def _index_image(
         "rows": height,
         "columns": width,
         "flags": flags,
+        "table_rows": label.get("table_rows", []),
     }
 
 
@@ -165,8 +190,8 @@ def index(root: Path, deduplicate: bool = True, fingerprints: FingerprintStore |
     """
     base = find_udiat_root(Path(root).absolute())
     xlsx = base / XLSX_NAME
-    labels = read_labels(xlsx) if xlsx.is_file() else None
     result = IndexResult()
+    labels, refused = read_labels(xlsx, result) if xlsx.is_file() else (None, {})
 
     images = image_files_by_stem(base / "original", result)
     gts = image_files_by_stem(base / "GT", result)
@@ -175,6 +200,8 @@ def index(root: Path, deduplicate: bool = True, fingerprints: FingerprintStore |
     for stem in sorted(set(images) | set(gts), key=natural_key):
         if len(images.get(stem, [])) > 1 or len(gts.get(stem, [])) > 1:
             quarantine_shared_stem(stem, images.get(stem, []), gts.get(stem, []), result)
+        elif stem in refused:
+            result.quarantine_record(stem, str((images.get(stem) or gts[stem])[0]), refused[stem])
         elif stem not in gts:
             result.quarantine_record(stem, str(images[stem][0]), "image without GT mask (expected GT/<same name>)")
         elif stem not in images:
@@ -184,8 +211,11 @@ def index(root: Path, deduplicate: bool = True, fingerprints: FingerprintStore |
             if record is not None:
                 records.append(record)
     for stem in sorted(set(labels or {}) - set(images) - set(gts), key=natural_key):
-        result.quarantine_record(stem, str(xlsx), f"{XLSX_NAME} lists image {stem} but original/{stem}.png is missing")
+        result.quarantine_record(stem, str(xlsx), refused.get(stem) or f"{XLSX_NAME} lists image {stem} but "
+                                 f"original/{stem}.png is missing")
     if deduplicate:
-        records, result.duplicates = remove_exact_duplicates(records, digest=lambda path: digests[str(path)])
+        records, removed = remove_exact_duplicates(records, digest=lambda path: digests[str(path)])
+        result.duplicates += removed
+    name_table_rows(result.quarantine + result.duplicates, {stem: label["table_rows"] for stem, label in (labels or {}).items()})
     result.records = records
     return result
