@@ -62,4 +62,4 @@ def test_split_refusal_is_one_line(local_store, tmp_path):
         "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), "--resume", "True", "--seed", "7",
         tracking_uri=os.environ["MLFLOW_TRACKING_URI"],
     )
-    _assert_one_line_error(result, "holds the split of another run", "seed 7", "--output_dir")
+    _assert_one_line_error(result, "holds the training run's split, made with seed 0 (this run: 7)", "--output_dir")

@@ -73,9 +73,9 @@ def test_an_evaluation_refuses_to_resplit_a_training_runs_datalist(tmp_path):
     trained = prepare_datalist("cbis-ddsm", str(data), str(target), seed=1)
     assert prepare_datalist("cbis-ddsm", str(data), str(target), seed=1, replace=False) == trained
     written = target.read_bytes()
-    with pytest.raises(ValueError, match=r"datalist.json holds the split of another run .*seed 1.*seed 0"):
+    with pytest.raises(ValueError, match=r"datalist.json holds the training run.s split, made with seed 1 \(this run: 0\)\. "):
         prepare_datalist("cbis-ddsm", str(data), str(target), seed=0, replace=False)
-    with pytest.raises(ValueError, match="another run"):
+    with pytest.raises(ValueError, match=r"made with test_fraction 0\.1 \(this run: 0\.3\)\. "):
         prepare_datalist("cbis-ddsm", str(data), str(target), seed=1, test_fraction=0.3, replace=False)
     assert target.read_bytes() == written  # the training run's split is left as it was
 

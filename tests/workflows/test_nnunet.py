@@ -3,8 +3,10 @@ integrity check where nnunetv2 is installed) and nnU-Net prediction folders scor
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -44,7 +46,7 @@ class TestExportNnunet(unittest.TestCase):
         cls.busi_json = _datalist("busi", cls.tmp / "busi", cls.tmp / "busi.json", 12, val_fraction=0.2, test_fraction=0.4)
         cls.cbis_json = _datalist("cbis-ddsm", cls.tmp / "cbis", cls.tmp / "cbis.json", 6, folds=2)
         cls.raw = cls.tmp / "nnUNet_raw"
-        cls.busi = export_nnunet(cls.busi_json, 501, cls.raw)
+        cls.busi = export_nnunet(cls.busi_json, 501, cls.raw, ckpt_dir=cls.tmp / "no_model")  # not the clone's bundles/*/models
         cls.cbis = export_nnunet(cls.cbis_json, 502, cls.raw, preprocessed=cls.tmp / "nnUNet_preprocessed")
 
     @classmethod
@@ -59,8 +61,8 @@ class TestExportNnunet(unittest.TestCase):
         datalist = json.loads(self.busi_json.read_text())
         splits = json.loads((Path(self.busi["folder"]) / "splits_final.json").read_text())
         self.assertEqual(len(splits), 1)
-        for nnunet_key, split in (("train", "training"), ("val", "validation")):
-            self.assertEqual(self._case_ids(self.busi, splits[0][nnunet_key]), sorted(r["case_id"] for r in datalist[split]))
+        for nnunet_key, split in (("train", "training"), ("val", "validation")):  # what the bundle trains on: lesion images
+            self.assertEqual(self._case_ids(self.busi, splits[0][nnunet_key]), sorted(r["case_id"] for r in datalist[split] if r["lesion_count"]))
         # folds: nnU-Net fold k validates on the datalist's fold k and trains on the others
         datalist = json.loads(self.cbis_json.read_text())
         non_test = datalist["training"] + datalist["validation"]
@@ -77,7 +79,7 @@ class TestExportNnunet(unittest.TestCase):
         datalist = json.loads(self.busi_json.read_text())
         folder = Path(self.busi["folder"])
         test_ids = {case["identifier"] for case in self.busi["cases"] if case["split"] == "test"}
-        self.assertEqual(len(test_ids), len(datalist["test"]))
+        self.assertEqual(len(test_ids), sum(r["lesion_count"] > 0 for r in datalist["test"]))
         trained = {p.name[: -len("_0000.nii.gz")] for p in (folder / "imagesTr").glob("*_0000.nii.gz")}
         self.assertEqual({p.name[: -len("_0000.nii.gz")] for p in (folder / "imagesTs").iterdir()}, test_ids)
         self.assertFalse(trained & test_ids)
@@ -101,16 +103,44 @@ class TestExportNnunet(unittest.TestCase):
         datalist = json.loads(self.busi_json.read_text())
         broken = self.tmp / "broken.png"
         broken.write_bytes(b"not a png")
-        bad_case = datalist["training"][0]["case_id"]
-        datalist["training"][0]["image"] = str(broken)
+        bad = next(r for r in datalist["training"] if r["lesion_count"])
+        bad_case, bad["image"] = bad["case_id"], str(broken)
         path = self.tmp / "broken.json"
         path.write_text(json.dumps(datalist))
-        manifest = export_nnunet(path, 503, self.tmp / "raw_broken")
+        manifest = export_nnunet(path, 503, self.tmp / "raw_broken", lesions_only=False)
         self.assertEqual([(e["case_id"], e["path"], e["split"]) for e in manifest["not_exported"]], [(bad_case, str(broken), "training")])
         self.assertTrue(manifest["not_exported"][0]["reason"])
         self.assertNotIn(bad_case, [case["case_id"] for case in manifest["cases"]])
         splits = json.loads((Path(manifest["folder"]) / "splits_final.json").read_text())
         self.assertEqual(len(splits[0]["train"]), len(datalist["training"]) - 1)
+
+    def test_exports_what_the_bundle_trains_on_at_the_size_its_model_was_trained_at(self):
+        datalist = json.loads(self.busi_json.read_text())
+        normals = sorted(r["case_id"] for s in ("training", "validation", "test") for r in datalist[s] if not r["lesion_count"])
+        self.assertTrue(normals)
+        self.assertTrue(self.busi["lesions_only"])  # hybrid_attention_us trains on lesion images only
+        not_exported = {e["case_id"]: e["reason"] for e in self.busi["not_exported"]}
+        self.assertEqual(sorted(not_exported), normals)
+        self.assertTrue(all("hybrid_attention_us trains and evaluates on lesion images only" in r for r in not_exported.values()))
+        self.assertEqual(self.busi["image_size"], 256)  # no trained model: train.json's
+        models = self.tmp / "models"
+        models.mkdir()
+        torch.save({"model": {}, "context": {"bundle": "hybrid_attention_us", "settings": {"image_size": 128}}}, models / "model.pt")
+        out = self.tmp / "raw_trained"
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            self.assertEqual(main(["export-nnunet", "--datalist", str(self.busi_json), "--dataset-id", "9", "--out", str(out),
+                                   "--ckpt-dir", str(models)]), 0)
+        manifest = json.loads((out / "Dataset009_BUSI" / "breastseg_export.json").read_text())
+        self.assertEqual((manifest["image_size"], manifest["image_size_from"]), (128, f"the model it was trained at ({models / 'model.pt'})"))
+        self.assertIn("at image size 128: the model it was trained at", printed.getvalue())
+        self.assertIn("images without a lesion are not exported: hybrid_attention_us trains", printed.getvalue())
+        everything = export_nnunet(self.busi_json, 10, out, ckpt_dir=models, lesions_only=False)
+        self.assertEqual(everything["not_exported"], [])
+        torch.save({"model": {}, "context": {"bundle": "brems_net", "settings": {"image_size": 512}}}, models / "model.pt")
+        with self.assertRaises(SystemExit) as raised:
+            main(["export-nnunet", "--datalist", str(self.busi_json), "--dataset-id", "11", "--out", str(out), "--ckpt-dir", str(models)])
+        self.assertIn("was trained by bundle 'brems_net', not 'hybrid_attention_us'", str(raised.exception))
 
     def test_cli_and_a_taken_dataset_id(self):
         out = self.tmp / "raw_cli"
@@ -154,7 +184,8 @@ class TestCompareNnunetPredictions(unittest.TestCase):
         cls.bundle_dir.mkdir()
         cls.datalist_json = _datalist("busi", cls.tmp / "busi", cls.bundle_dir / "datalist.json", 14,
                                       val_fraction=0.1, test_fraction=0.4)
-        cls.manifest = export_nnunet(cls.datalist_json, 42, cls.tmp / "raw", image_size=64)
+        # normal images too: the empty-mask rule is part of what is compared
+        cls.manifest = export_nnunet(cls.datalist_json, 42, cls.tmp / "raw", image_size=64, lesions_only=False)
 
     @classmethod
     def tearDownClass(cls):

@@ -283,7 +283,12 @@ def _add_export_nnunet(sub: argparse._SubParsersAction) -> None:
                                                   "connected_unets for mammography, hybrid_attention_us for ultrasound")
     p.add_argument("--name", default=None, help="dataset name, letters and digits (default: the dataset's, e.g. BUSI)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="the grid breastseg compare scores the predictions on (default: the bundle's image_size)")
+                   help="the grid breastseg compare scores the predictions on (default: the image size the bundle's "
+                        "model in --ckpt-dir was trained at, else its train.json's image_size)")
+    p.add_argument("--ckpt-dir", default=None, help="the bundle's trained model folder (default: bundles/<bundle>/models)")
+    p.add_argument("--all-images", action="store_true",
+                   help="export images without a lesion too (default: what the bundle trains on; every bundle trains on "
+                        "lesion images only)")
     p.add_argument("--preprocessed", default=None, help="an nnUNet_preprocessed folder to write splits_final.json into too")
     p.set_defaults(func=_run_export_nnunet)
 
@@ -293,7 +298,8 @@ def _run_export_nnunet(args: argparse.Namespace) -> int:
 
     try:
         manifest = export_nnunet(args.datalist, args.dataset_id, args.out, bundle=args.bundle, name=args.name,
-                                 image_size=args.image_size, preprocessed=args.preprocessed)
+                                 image_size=args.image_size, preprocessed=args.preprocessed, ckpt_dir=args.ckpt_dir,
+                                 lesions_only=False if args.all_images else None)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"breastseg export-nnunet: {error}") from None
     counts = {split: sum(case["split"] == split for case in manifest["cases"]) for split in ("training", "validation", "test")}
@@ -303,6 +309,10 @@ def _run_export_nnunet(args: argparse.Namespace) -> int:
           f"{manifest['bundle']} chain before its resize")
     print(f"splits_final.json: {manifest['folds'] or 1} fold(s) of the datalist's split; nnU-Net reads it from "
           f"$nnUNet_preprocessed/{Path(folder).name}/" + (" (written there too)" if args.preprocessed else " (copy it there)"))
+    print(f"breastseg compare scores the predictions at image size {manifest['image_size']}: {manifest['image_size_from']}")
+    if manifest["lesions_only"]:
+        print(f"images without a lesion are not exported: {manifest['bundle']} trains and evaluates on lesion images only "
+              "(--all-images exports them)")
     print(f"not exported: {len(manifest['not_exported'])}")
     for entry in manifest["not_exported"]:
         print(f"  {entry['path']} ({entry['split']}): {entry['reason']}")

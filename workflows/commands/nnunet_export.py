@@ -8,6 +8,11 @@ chain up to, not including, its resize: what the bundle sees before it changes t
 histogram equalisation; ConnectedUNets: border crop, scaling, artefact removal, CLAHE, square pad; the ultrasound
 chain: the file as read). Multi-lesion masks are OR-ed by the chain's mask loader, as the bundle trains on them.
 
+The export holds what the bundle trains and evaluates on: with the bundle's ``lesions_only`` (every bundle's
+default), images without a lesion are listed as not exported, not given to nnU-Net. The grid ``breastseg compare``
+scores nnU-Net's predictions on is the image size of the bundle's trained ``model.pt`` (its ``--ckpt_dir``), else
+its ``train.json``'s.
+
 ``splits_final.json`` (beside ``dataset.json``; nnU-Net reads it from ``nnUNet_preprocessed/DatasetNNN_<name>/``)
 holds the datalist's split: one fold (training / validation) or, with folds in the datalist, one per fold.
 Test images are never in ``imagesTr``. Case files are named ``<name>_<NNNN>``, not by case id (CBIS-DDSM ids
@@ -33,6 +38,7 @@ __all__ = [
     "pre_resize_chain",
     "resize_step",
     "bundle_image_size",
+    "trained_image_size",
     "nnunet_splits",
     "export_nnunet",
     "load_manifest",
@@ -87,12 +93,36 @@ def resize_step(bundle: str, dataset: str, image_size: int):
     return chain.transforms[_resize_index(chain)]
 
 
-def bundle_image_size(bundle: str) -> int:
-    """``image_size`` of the bundle's ``configs/train.json``."""
+def _train_config(bundle: str) -> dict[str, Any]:
     from breastseg.workflows.commands.bundle import locate_bundle
 
-    config = json.loads((Path(locate_bundle(bundle)) / "configs" / "train.json").read_text())
-    return int(config["image_size"])
+    return json.loads((Path(locate_bundle(bundle)) / "configs" / "train.json").read_text())
+
+
+def bundle_image_size(bundle: str) -> int:
+    """``image_size`` of the bundle's ``configs/train.json``."""
+    return int(_train_config(bundle)["image_size"])
+
+
+def trained_image_size(bundle: str, ckpt_dir: str | Path | None = None) -> tuple[int, str]:
+    """``(image size, where it comes from)``: that of the ``model.pt`` in ``ckpt_dir`` (default the bundle's
+    ``models/``) when there is one with a context, else the bundle's ``train.json`` value.
+
+    Raises:
+        UserValueError: the model in ``ckpt_dir`` was trained by another bundle.
+    """
+    from breastseg.workflows.commands.bundle import locate_bundle
+    from breastseg.workflows.engine.model_context import read_context
+    from breastseg.workflows.errors import UserValueError
+
+    model = Path(ckpt_dir or Path(locate_bundle(bundle)) / "models") / "model.pt"
+    context = read_context(model)
+    if context is None or context.get("settings", {}).get("image_size") is None:
+        return bundle_image_size(bundle), f"{bundle}'s configs/train.json (no trained model.pt with a context at {model})"
+    if context.get("bundle") != bundle:
+        raise UserValueError(f"{model} was trained by bundle {context.get('bundle')!r}, not {bundle!r}: give --bundle "
+                             f"{context.get('bundle')} or the --ckpt-dir of a {bundle} model")
+    return int(context["settings"]["image_size"]), f"the model it was trained at ({model})"
 
 
 def nnunet_splits(cases: list[dict[str, Any]], folds: int) -> list[dict[str, list[str]]]:
@@ -149,6 +179,8 @@ def export_nnunet(
     image_size: int | None = None,
     preprocessed: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    ckpt_dir: str | Path | None = None,
+    lesions_only: bool | None = None,
 ) -> dict[str, Any]:
     """Write the nnU-Net v2 raw dataset of a datalist (see the module docstring); returns the manifest.
 
@@ -158,8 +190,12 @@ def export_nnunet(
         out: the ``nnUNet_raw`` folder; ``Dataset<id>_<name>`` is created in it and must not exist.
         bundle: whose chain prepares the images (default: the dataset's whole-image bundle, :data:`DEFAULT_BUNDLE`).
         name: the dataset name (letters and digits; default the dataset's, e.g. ``BUSI``).
-        image_size: the grid ``breastseg compare`` scores nnU-Net's predictions on (default the bundle's).
+        image_size: the grid ``breastseg compare`` scores nnU-Net's predictions on (default: the image size of the
+            bundle's trained model in ``ckpt_dir``, else of its ``train.json``, :func:`trained_image_size`).
         preprocessed: an ``nnUNet_preprocessed`` folder to copy ``splits_final.json`` into as well.
+        ckpt_dir: the bundle's trained model folder (default its ``models/``).
+        lesions_only: export images with a lesion only (default: the bundle's ``lesions_only``, what it trains and
+            evaluates on); the others are listed as not exported.
 
     Raises:
         ValueError: a dataset id, name or bundle that cannot be used, or an existing dataset folder.
@@ -173,6 +209,9 @@ def export_nnunet(
     bundle = bundle or DEFAULT_BUNDLE[dataset]
     name = name or re.sub(r"[^A-Za-z0-9]", "", dataset).upper()
     chain = pre_resize_chain(bundle, dataset)
+    image_size, size_from = (image_size, "--image-size") if image_size is not None else trained_image_size(bundle, ckpt_dir)
+    if lesions_only is None:
+        lesions_only = bool(_train_config(bundle).get("lesions_only", False))
     folder = _dataset_folder(Path(out), dataset_id, name)
     folds = int((datalist.get("split") or {}).get("folds") or 0)
     records = [(split, record) for split in ("training", "validation", "test") for record in datalist[split]]
@@ -181,6 +220,10 @@ def export_nnunet(
     cases, not_exported, channels, modalities = [], [], None, set()
     for position, (split, record) in enumerate(records):
         identifier = f"{name}_{position:04d}"
+        if lesions_only and not record.get("lesion_count"):
+            not_exported.append({"case_id": record["case_id"], "split": split, "path": str(record["image"]),
+                                 "reason": f"no lesion: {bundle} trains and evaluates on lesion images only (lesions_only)"})
+            continue
         try:
             sample = chain({key: record.get(key) for key in PIPELINE_KEYS})
         except Exception as error:  # a case the chain cannot read is listed, never dropped silently
@@ -219,7 +262,9 @@ def export_nnunet(
         "datalist": str(datalist_path),
         "dataset": dataset,
         "bundle": bundle,
-        "image_size": image_size or bundle_image_size(bundle),
+        "image_size": image_size,
+        "image_size_from": size_from,
+        "lesions_only": lesions_only,
         "folds": folds,
         "file_ending": FILE_ENDING,
         "cases": cases,

@@ -52,6 +52,7 @@ __all__ = [
     "AttachToEvaluator",
     "lr_schedule_handler",
     "progress_handlers",
+    "metric_name_for_split",
     "seed_everything",
     "plain_batch",
     "plain_input_batch",
@@ -187,11 +188,40 @@ class _ProgressBar:
         )
 
 
-def progress_handlers(role: str, terminal: bool | None = None, log_every: int = LOG_EVERY) -> list[Any]:
+#: the prefix of the validation metrics every bundle's evaluator computes (``val_mean_dice``, ``val_dice``...)
+VALIDATION_PREFIX = "val_"
+
+
+def metric_name_for_split(name: str, split: str | None) -> str:
+    """How a metric of an evaluation of ``split`` is shown and logged: ``val_dice`` -> ``test_dice`` (the evaluator
+    is the validation one, with its names); ``split`` ``None`` or ``validation`` keeps the name."""
+    if split in (None, "validation") or not name.startswith(VALIDATION_PREFIX):
+        return name
+    return f"{split}_{name[len(VALIDATION_PREFIX):]}"
+
+
+class _SplitScores:
+    """An evaluation's epoch line: its metrics named by the split (``test_dice``), without MONAI's "best value at
+    epoch" line, which means nothing for an evaluation that scores once."""
+
+    def __init__(self, logger_name: str, split: str) -> None:
+        self.logger = logging.getLogger(logger_name)
+        self.split = split
+
+    def __call__(self, engine: Any) -> None:
+        from monai.utils import is_scalar
+
+        scores = {metric_name_for_split(name, self.split): value for name, value in engine.state.metrics.items()}
+        self.logger.info("%s scores -- %s", self.split, " ".join(
+            f"{name}: {value:.4f}" for name, value in sorted(scores.items()) if is_scalar(value)))
+
+
+def progress_handlers(role: str, terminal: bool | None = None, log_every: int = LOG_EVERY, split: str | None = None) -> list[Any]:
     """Log handlers for ``role`` ("trainer" or "evaluator"): a progress bar on a terminal, lines otherwise.
 
     Epoch summaries are logged in both cases (they are what remains in a log file). The training loss of a
-    step is shown every ``log_every`` steps: each read waits for the device.
+    step is shown every ``log_every`` steps: each read waits for the device. An evaluator of ``split`` (an
+    evaluation of the test split) shows its metrics under that split's name (:func:`metric_name_for_split`).
     """
     terminal = _on_terminal() if terminal is None else terminal
     name = f"breastseg.{role}"
@@ -208,7 +238,8 @@ def progress_handlers(role: str, terminal: bool | None = None, log_every: int = 
         if terminal:
             handlers.append(_ProgressBar(log_every))
         return handlers
-    return [StatsHandler(name=name, iteration_log=False, output_transform=lambda x: None)]
+    printer = None if split in (None, "validation") else _SplitScores(name, split)
+    return [StatsHandler(name=name, iteration_log=False, output_transform=lambda x: None, epoch_print_logger=printer)]
 
 
 class _FinishWritesOnError:

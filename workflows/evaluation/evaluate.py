@@ -196,10 +196,8 @@ class CaseReportWriter:
         reports.write_summary_json(self.summary, shared / "summary.json")
         self._plot(rows, shared)
         if self.tracker is not None and self.tracker.run_id is not None:
+            # the metrics themselves are the evaluator's, which the tracker logs under the split's name
             self.tracker._guard("artifact logging", self.tracker.client.log_artifacts, self.tracker.run_id, str(shared), "evaluation")
-            flat = {f"test_{name}": stats["mean"] for name, stats in self.summary.get("metrics", {}).items()
-                    if isinstance(stats, dict) and isinstance(stats.get("mean"), float) and math.isfinite(stats["mean"])}
-            self.tracker._log_metrics(flat, step=0)
         logger.info("evaluation report: %s", self.output_dir)
 
     def _plot(self, rows: list[dict[str, Any]], folder: Path) -> None:

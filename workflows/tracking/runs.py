@@ -32,6 +32,7 @@ from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict, path_to_uri
 
 from breastseg.workflows.engine.handler_lists import every
+from breastseg.workflows.engine.harness import metric_name_for_split
 from breastseg.workflows.engine.loss_terms import loss_value
 
 __all__ = [
@@ -207,9 +208,11 @@ class ResilientMLFlowHandler(MLFlowHandler):
         tags: Mapping[str, str] | None = None,
         unsent_dir: str | Path | None = None,
         start_artifacts: Mapping[str, Sequence[str]] | None = None,
+        split: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.split = split
         store = self.client.tracking_uri
         if kwargs.get("artifact_location") is None and store.startswith("sqlite:///"):
             # beside a SQLite store, artifacts go to its artifacts/ folder, where the server keeps them too
@@ -301,7 +304,8 @@ class ResilientMLFlowHandler(MLFlowHandler):
 
     def _log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         timestamp = int(time.time() * 1000)
-        self.pending.extend(Metric(key, float(value), timestamp, step or 0) for key, value in flatten_dict(metrics).items())
+        self.pending.extend(Metric(metric_name_for_split(key, self.split), float(value), timestamp, step or 0)
+                            for key, value in flatten_dict(metrics).items())
         if self._in_iteration and time.monotonic() - self._sent_at < self.iteration_send_interval:
             return
         self._sent_at = time.monotonic()
@@ -367,6 +371,7 @@ def tracker(
     iteration_log_every: int = 10,
     unsent_dir: str | Path | None = None,
     start_artifacts: Mapping[str, Sequence[str]] | None = None,
+    split: str | None = None,
 ) -> ResilientMLFlowHandler | None:
     """The MLflow handler of ``role``: ``"trainer"`` (loss every ``iteration_log_every`` iterations, LR,
     epoch metrics; closes the run when training completes), ``"validator"`` (validation metrics per
@@ -374,7 +379,8 @@ def tracker(
 
     ``enabled=False`` (non-zero DDP ranks) returns ``None``. Metrics that cannot be sent before the run
     ends go to ``unsent_dir`` (default ``mlflow/unsent`` of the project). ``start_artifacts`` (artifact folder ->
-    files) are logged as soon as the run opens (``artifacts``, MONAI's, when it completes).
+    files) are logged as soon as the run opens (``artifacts``, MONAI's, when it completes). ``split``: the split an
+    evaluation scores, whose name its metrics carry (``test_dice``, not the validation evaluator's ``val_dice``).
     """
     if not enabled:
         return None
@@ -388,6 +394,7 @@ def tracker(
         tags=tags,
         unsent_dir=unsent_dir,
         start_artifacts=start_artifacts,
+        split=split,
     )
     if role == "trainer":
         return ResilientMLFlowHandler(
