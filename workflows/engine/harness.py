@@ -204,8 +204,8 @@ class _SplitScores:
     """An evaluation's epoch line: its metrics named by the split (``test_dice``), without MONAI's "best value at
     epoch" line, which means nothing for an evaluation that scores once."""
 
-    def __init__(self, logger_name: str, split: str) -> None:
-        self.logger = logging.getLogger(logger_name)
+    def __init__(self, logger: logging.Logger, split: str) -> None:
+        self.logger = logger  # the StatsHandler's: MONAI gives it its own stdout handler
         self.split = split
 
     def __call__(self, engine: Any) -> None:
@@ -238,8 +238,10 @@ def progress_handlers(role: str, terminal: bool | None = None, log_every: int = 
         if terminal:
             handlers.append(_ProgressBar(log_every))
         return handlers
-    printer = None if split in (None, "validation") else _SplitScores(name, split)
-    return [StatsHandler(name=name, iteration_log=False, output_transform=lambda x: None, epoch_print_logger=printer)]
+    stats = StatsHandler(name=name, iteration_log=False, output_transform=lambda x: None)
+    if split not in (None, "validation"):
+        stats.epoch_print_logger = _SplitScores(stats.logger, split)
+    return [stats]
 
 
 class _FinishWritesOnError:
