@@ -227,8 +227,9 @@ def test_evaluation_writes_reports_and_closes_its_run(workspace, trained):
     shared = client(workspace).download_artifacts(run.info.run_id, "evaluation/cases.csv", str(workspace["root"] / "dl"))
     version = client(workspace).get_model_version_by_alias("unetplusplus_mammo", "candidate")
     assert 0.0 <= float(version.tags["test_mean_dice"]) <= 1.0  # the evaluated registered version carries its test metric
-    if "val_mean_dice" in run.data.metrics:  # the evaluation run's own record of the same metric
-        assert float(version.tags["test_mean_dice"]) == pytest.approx(run.data.metrics["val_mean_dice"], rel=1e-4)
+    # the evaluation run's own record of the same metric, named by the split it scores
+    assert float(version.tags["test_mean_dice"]) == pytest.approx(run.data.metrics["test_mean_dice"], rel=1e-4)
+    assert not [name for name in run.data.metrics if name.startswith("val_")]
     shared_header = Path(shared).read_text().splitlines()[0].split(",")
     assert "case_id" not in shared_header and "patient_id" not in shared_header and "case_key" in shared_header
 
