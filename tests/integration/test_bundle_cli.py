@@ -235,14 +235,18 @@ def test_evaluation_writes_reports_and_closes_its_run(workspace, trained):
 
 
 def test_resume_continues_from_the_last_checkpoint(workspace, trained):
+    before = len(runs(workspace, "train"))
     result = bundle_cli("run", "training", "--config_file", TRAIN, "--max_epochs", "3", "--resume", *common(workspace), tracking_uri=workspace["uri"])
     assert_ok(result)
     assert "resumed from" in result.stdout + result.stderr
     last = torch.load(workspace["root"] / "models" / "checkpoint_last.pt", weights_only=True)
     first_run_iterations = 2 * last["trainer"]["epoch_length"]
     assert last["trainer"]["iteration"] == first_run_iterations + last["trainer"]["epoch_length"]
-    resumed = runs(workspace, "train")[-1]
-    assert [m.step for m in client(workspace).get_metric_history(resumed.info.run_id, "val_mean_dice")] == [3]
+    # the same MLflow run goes on: one history of epochs 1-3, no second run
+    assert len(runs(workspace, "train")) == before
+    resumed = client(workspace).get_run(last["tracking_run"]["run_id"])
+    assert resumed.info.status == "FINISHED"
+    assert [m.step for m in client(workspace).get_metric_history(resumed.info.run_id, "val_mean_dice")] == [1, 2, 3]
 
 
 def test_resume_and_evaluation_refuse_another_split(workspace, trained):

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from breastseg.workflows.engine.processes import process_alive
+
 __all__ = [
     "atomic_torch_save",
     "remove_stale_temporaries",
@@ -69,16 +71,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list[Path]:
     """Remove the temporary files of ``names`` left in ``folder`` by killed writers; returns them.
 
@@ -92,7 +84,7 @@ def remove_stale_temporaries(folder: str | Path, names: tuple[str, ...]) -> list
     for name in names:
         for candidate in folder.glob(f".{name}.*"):
             pid_text = candidate.name[len(name) + 2 :].split(".", 1)[0]
-            if pid_text.isdigit() and (int(pid_text) == os.getpid() or _process_alive(int(pid_text))):
+            if pid_text.isdigit() and (int(pid_text) == os.getpid() or process_alive(int(pid_text))):
                 continue
             candidate.unlink(missing_ok=True)
             removed.append(candidate)

@@ -7,7 +7,12 @@ Two files in ``ckpt_dir``:
   (:mod:`breastseg.workflows.engine.model_context`; ``ckpt_export --key_in_ckpt model``, evaluation and inference
   load it);
 - ``checkpoint_last.pt``: network, optimizer, LR scheduler and trainer state after the last completed
-  epoch, plus the evaluator's best metric, so ``--resume`` continues exactly there.
+  epoch, plus the evaluator's best metric and the MLflow run the training logs into, so ``--resume`` continues
+  exactly there, in the same run.
+
+Beside them, ``last_epoch.json`` names the last epoch that completed, written at once (``checkpoint_last.pt`` is
+written in the background, and every ``interval`` epochs): ``--resume`` compares the two and says which epochs,
+if any, completed after the checkpoint it resumes from and are trained again.
 
 Both are written atomically (temporary file + rename) on a background thread
 (:mod:`breastseg.workflows.engine.checkpoint_writer`): the trainer is held only while the tensors are copied. A run
@@ -19,7 +24,9 @@ run, so a failed run keeps its last good checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,8 @@ from breastseg.workflows.engine.model_context import CONTEXT_KEY, WEIGHTS_KEY, l
 __all__ = [
     "BEST_MODEL_FILE",
     "LAST_CHECKPOINT_FILE",
+    "LAST_EPOCH_FILE",
+    "TRACKING_RUN_KEY",
     "atomic_torch_save",
     "NonFiniteLossGuard",
     "EpochCheckpointer",
@@ -45,6 +54,11 @@ __all__ = [
 
 BEST_MODEL_FILE = "model.pt"
 LAST_CHECKPOINT_FILE = "checkpoint_last.pt"
+LAST_EPOCH_FILE = "last_epoch.json"
+#: the trainer state's attribute (and the checkpoint's key) naming the MLflow run the training logs into,
+#: ``{"tracking_uri", "run_id"}``: the tracker sets it when it opens the run, the checkpoint carries it, and
+#: ``--resume`` gives it back to the tracker, which reopens that run
+TRACKING_RUN_KEY = "tracking_run"
 logger = logging.getLogger("breastseg.checkpoints")
 
 
@@ -137,9 +151,10 @@ class EpochCheckpointer:
     def attach(self, trainer: Engine) -> None:
         self._trainer = trainer
         if not trainer.has_event_handler(self.save_at_end, Events.COMPLETED):
-            remove_stale_temporaries(self.ckpt_dir, (LAST_CHECKPOINT_FILE, BEST_MODEL_FILE))
+            remove_stale_temporaries(self.ckpt_dir, (LAST_CHECKPOINT_FILE, BEST_MODEL_FILE, LAST_EPOCH_FILE))
             trainer.add_event_handler(Events.ITERATION_COMPLETED, self.stop_on_failed_write)
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save_last)
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, self.record_epoch)
             trainer.add_event_handler(Events.COMPLETED, self.save_at_end)
         if self.evaluator is not None and not self.evaluator.has_event_handler(self.save_best, Events.EPOCH_COMPLETED):
             self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_best)
@@ -155,7 +170,17 @@ class EpochCheckpointer:
         if self.evaluator is not None:
             state["best_metric"] = float(self.evaluator.state.best_metric)
             state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
+        if getattr(trainer.state, TRACKING_RUN_KEY, None):
+            state[TRACKING_RUN_KEY] = dict(getattr(trainer.state, TRACKING_RUN_KEY))
         return state
+
+    def record_epoch(self, trainer: Engine) -> None:
+        """Write ``last_epoch.json`` now (a few bytes, atomically): the epoch completed, whatever the background
+        writer has written yet."""
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.ckpt_dir / f".{LAST_EPOCH_FILE}.{os.getpid()}"
+        partial.write_text(json.dumps({"epoch": int(trainer.state.epoch), "checkpoint_interval": self.interval}))
+        os.replace(partial, self.ckpt_dir / LAST_EPOCH_FILE)
 
     def save_at_end(self, trainer: Engine) -> None:
         """The run's last epoch, when the interval skipped it (not reached after a raised error); then wait
@@ -216,7 +241,9 @@ class ResumeFromCheckpoint:
     """Restore ``checkpoint_last.pt`` when the trainer starts (``--resume``).
 
     The trainer continues at the epoch after the saved one; a larger ``max_epochs`` given now wins over
-    the saved one. Loading uses ``weights_only=True``.
+    the saved one. Loading uses ``weights_only=True``. The MLflow run the checkpoint names goes back on the
+    trainer's state (:data:`TRACKING_RUN_KEY`) for the tracker to reopen, and a warning names the epochs that
+    completed after the checkpoint (``last_epoch.json``), which are trained again.
     """
 
     def __init__(
@@ -258,4 +285,23 @@ class ResumeFromCheckpoint:
         if self.evaluator is not None and "best_metric" in state:
             self.evaluator.state.best_metric = state["best_metric"]
             self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        setattr(trainer.state, TRACKING_RUN_KEY, state.get(TRACKING_RUN_KEY))
         logger.info("resumed from %s after epoch %d", self.checkpoint, trainer.state.epoch)
+        self._report_lost_epochs(trainer.state.epoch)
+
+    def _report_lost_epochs(self, resumed: int) -> None:
+        try:
+            recorded = json.loads((self.checkpoint.parent / LAST_EPOCH_FILE).read_text())
+            completed, interval = int(recorded["epoch"]), int(recorded.get("checkpoint_interval", 1))
+        except (OSError, ValueError, KeyError, TypeError):  # written before the file existed, or by hand
+            logger.info("--resume: continuing after epoch %d (which epoch the stopped run had reached is not recorded)", resumed)
+            return
+        if completed <= resumed:
+            logger.info("--resume: continuing after epoch %d, the last one completed: no epoch is lost", resumed)
+            return
+        lost = f"epoch {completed}" if completed == resumed + 1 else f"epochs {resumed + 1}-{completed}"
+        logger.warning(
+            "--resume: %s completed after the checkpoint of epoch %d and %s lost (checkpoints are written every %d "
+            "epoch(s), in the background: the run stopped before the next one was on disk); training again from epoch %d",
+            lost, resumed, "is" if completed == resumed + 1 else "are", interval, resumed + 1,
+        )

@@ -43,6 +43,7 @@ from breastseg.workflows.engine.datasets import plain_tensors
 from breastseg.workflows.engine.handler_lists import every, unique_trackers
 from breastseg.workflows.engine.loss_terms import loss_value
 from breastseg.workflows.engine.precision import resolve_precision
+from breastseg.workflows.engine.processes import process_start_ticks
 
 __all__ = [
     "build_trainer",
@@ -269,11 +270,10 @@ class _ReRaise:
 
 def seconds_since_process_start() -> float | None:
     """Seconds since this process started (Linux ``/proc``); ``None`` where that is not known."""
+    started = process_start_ticks()
     try:
-        ticks = os.sysconf("SC_CLK_TCK")
-        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
-        return float(Path("/proc/uptime").read_text().split()[0]) - started
-    except (OSError, ValueError, IndexError):
+        return None if started is None else float(Path("/proc/uptime").read_text().split()[0]) - started / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
         return None
 
 

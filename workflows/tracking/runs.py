@@ -8,6 +8,9 @@
   ``mlflow/unsent/<run name>.jsonl`` when the run ends without it.
 - A run that stops on an exception (a NaN loss, ...) ends FAILED with its ``failure_reason`` tag
   (:class:`~breastseg.workflows.engine.handler_lists.EndRunsOnFailure`).
+- ``--resume`` continues the run its checkpoint names (one history, nothing left RUNNING); one that cannot be
+  reopened (another store, deleted) is ended KILLED with a ``resumed_in`` tag naming the new run. Runs carry their
+  process (:mod:`~breastseg.workflows.tracking.owners`): opening a store ends its runs whose process is gone.
 - Run names are unique (``<bundle>-<workflow>-<UTC time>-<random>``): MONAI's handler would otherwise
   attach to any unfinished run of the experiment.
 - Parameters are the resolved config, flattened, with every value that could carry a patient
@@ -27,12 +30,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from mlflow.entities import Metric, RunStatus, RunTag
+from mlflow import MlflowClient
+from mlflow.entities import LifecycleStage, Metric, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from monai.handlers import MLFlowHandler
 from monai.utils import flatten_dict, path_to_uri
 
+from breastseg.workflows.engine.checkpoints import TRACKING_RUN_KEY
 from breastseg.workflows.engine.handler_lists import every
 from breastseg.workflows.engine.harness import metric_name_for_split
+from breastseg.workflows.tracking.owners import end_orphaned_runs, owner_tags
 from breastseg.workflows.engine.loss_terms import loss_value
 
 __all__ = [
@@ -64,6 +71,13 @@ _PREPARED_STORES: set[str] = set()
 
 #: metrics not yet sent, per run (tracking URI, experiment, run name)
 _UNSENT: dict[tuple, list[Metric]] = {}
+
+#: the run id each (tracking URI, experiment, run name) of this process opened: the validator's handler logs into
+#: the run the trainer's opened, reopened by ``--resume`` under its own, earlier name
+_RUN_IDS: dict[tuple, str] = {}
+
+#: stores whose runs left RUNNING by a dead process this process has ended (once per store)
+_SWEPT_STORES: set[str] = set()
 
 #: an unreachable server must fail fast: one try, short timeout (users can still override both)
 _FAST_FAIL_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -209,10 +223,12 @@ class ResilientMLFlowHandler(MLFlowHandler):
         unsent_dir: str | Path | None = None,
         start_artifacts: Mapping[str, Sequence[str]] | None = None,
         split: str | None = None,
+        resumable: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.split = split
+        self.resumable = resumable
         store = self.client.tracking_uri
         if kwargs.get("artifact_location") is None and store.startswith("sqlite:///"):
             # beside a SQLite store, artifacts go to its artifacts/ folder, where the server keeps them too
@@ -242,8 +258,71 @@ class ResilientMLFlowHandler(MLFlowHandler):
         self._guard("starting the run", self._send_pending)
 
     def _open_run(self) -> None:
-        """Create (or, for the validator, find) the run; MONAI's ``start`` also logs the engine's settings."""
+        """Create (or, for the validator, find) the run; MONAI's ``start`` also logs the engine's settings.
+
+        A ``resumable`` (trainer's) handler first reopens the run that the trainer's state names (:data:`TRACKING_RUN_KEY`,
+        set from the ``--resume`` checkpoint), or ends it KILLED pointing to the new run when it cannot; every first
+        open of a store ends its runs whose process is gone (:func:`~breastseg.workflows.tracking.owners.end_orphaned_runs`).
+        The run carries this process's tags (:func:`~breastseg.workflows.tracking.owners.owner_tags`).
+        """
+        shared = _RUN_IDS.get(self._run_key)
+        previous = getattr(self._engine.state, TRACKING_RUN_KEY, None) if self.resumable else None
+        reopened = shared or (self._reopenable(previous) if previous else None)
+        self._end_orphaned_runs(keep=[reopened] if reopened else [])
+        if reopened:
+            self.cur_run = self.client.get_run(reopened)
+            self.run_name = self.cur_run.info.run_name
+        if reopened and not shared:
+            self.client.update_run(reopened, status=RunStatus.to_string(RunStatus.RUNNING))
+            logger.info("--resume: continuing MLflow run %s (%s)", self.run_name, reopened)
         super().start(self._engine)
+        run_id = self.cur_run.info.run_id
+        _RUN_IDS[self._run_key] = run_id
+        self.tags.update(owner_tags())
+        if self.resumable:
+            setattr(self._engine.state, TRACKING_RUN_KEY, {"tracking_uri": self.client.tracking_uri, "run_id": run_id})
+            if previous and previous.get("run_id") != run_id:
+                self._supersede(previous, run_id)
+
+    def _reopenable(self, previous: Mapping[str, str]) -> str | None:
+        """The id of the run ``previous`` names when this store holds it, live, in this experiment; else ``None``."""
+        if previous.get("tracking_uri") != self.client.tracking_uri:
+            return None
+        try:
+            run = self.client.get_run(previous["run_id"])
+        except MlflowException:  # deleted for good, or another store at the same URI
+            return None
+        self._set_experiment()
+        if run.info.lifecycle_stage != LifecycleStage.ACTIVE or run.info.experiment_id != self.experiment.experiment_id:
+            return None
+        return run.info.run_id
+
+    def _end_orphaned_runs(self, keep: Sequence[str]) -> None:
+        store = self.client.tracking_uri
+        if store in _SWEPT_STORES:
+            return
+        _SWEPT_STORES.add(store)
+        try:
+            end_orphaned_runs(self.client, self.unsent_dir, keep)
+        except MlflowException as err:  # tidying other runs never stops this one
+            logger.warning("MLflow runs left RUNNING by killed processes could not be ended (%s)", err)
+
+    def _supersede(self, previous: Mapping[str, str], run_id: str) -> None:
+        """End the run a ``--resume`` could not reopen KILLED in its own store, each run naming the other."""
+        old_uri, old_id = previous.get("tracking_uri", ""), previous.get("run_id", "")
+        self.tags["resumed_from"] = f"run {old_id} of {old_uri}"
+        try:
+            if old_uri.startswith("sqlite:///") and not Path(old_uri[len("sqlite:///"):]).is_file():
+                raise FileNotFoundError(f"{old_uri} is gone")  # opening it would create an empty store
+            old = MlflowClient(tracking_uri=old_uri)
+            old.set_tag(old_id, "resumed_in", f"run {run_id} of {self.client.tracking_uri}")
+            old.set_terminated(old_id, RunStatus.to_string(RunStatus.KILLED))
+        except Exception as err:  # MlflowException, requests and OSError alike: the old store may be gone
+            logger.warning("--resume: the checkpoint's MLflow run %s of %s could not be ended (%s: %s); this training "
+                           "logs into run %s", old_id, old_uri, type(err).__name__, err, run_id)
+            return
+        logger.info("--resume: the checkpoint's MLflow run %s of %s cannot be continued here: it is ended KILLED and "
+                    "names this run %s (tag resumed_in)", old_id, old_uri, run_id)
 
     def _send_pending(self) -> None:
         """Open the run if needed, then send the parameters, tags and metrics not yet sent."""
@@ -333,6 +412,7 @@ class ResilientMLFlowHandler(MLFlowHandler):
         self._dispose_sqlite_store()
         self._write_unsent(status)
         _UNSENT.pop(self._run_key, None)
+        _RUN_IDS.pop(self._run_key, None)
 
     def _write_unsent(self, status: str) -> None:
         if not (self.pending or self._offline):
@@ -398,6 +478,7 @@ def tracker(
     )
     if role == "trainer":
         return ResilientMLFlowHandler(
+            resumable=True,
             iteration_log=every(iteration_log_every),
             epoch_log=True,
             tag_name="train_loss",
