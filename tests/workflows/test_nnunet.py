@@ -29,6 +29,8 @@ from breastseg.workflows.data.datalist import build_datalist, write_datalist
 from breastseg.workflows.data.synthetic import generate
 from breastseg.workflows.metrics import compute_case_table, table_to_rows
 
+ROOT = Path(__file__).resolve().parents[2]
+BREASTSEG = str(Path(sys.executable).with_name("breastseg"))
 NNUNET = importlib.util.find_spec("nnunetv2") is not None
 NNUNET_REASON = ('nnunetv2 is not installed: it is the optional extra (pip install -e ".[nnunet]" then pip install '
                  "--no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4, see the README)")
@@ -171,6 +173,77 @@ class TestExportNnunet(unittest.TestCase):
         record = next(r for s in ("training", "validation") for r in json.loads(self.busi_json.read_text())[s] if r["case_id"] == case["case_id"])
         expected = pre_resize_chain("hybrid_attention_us", "busi")({key: record.get(key) for key in PIPELINE_KEYS})["image"][0]
         np.testing.assert_array_equal(read, np.asarray(expected))
+
+
+#: a model folder as nnU-Net training leaves it (plans, dataset.json, fold_0/checkpoint_final.pth), untrained weights
+_MODEL_FOLDER = """
+import shutil, sys
+from pathlib import Path
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.paths import nnUNet_preprocessed
+sys.path.insert(0, sys.argv[2])
+trainer_class = getattr(__import__(sys.argv[1]), sys.argv[1])
+preprocessed = Path(nnUNet_preprocessed) / "Dataset501_BUSI"
+plans = dict(load_json(str(preprocessed / "nnUNetPlans.json")), continue_training=False)
+trainer = trainer_class(plans=plans, configuration="2d", fold=0, dataset_json=load_json(str(preprocessed / "dataset.json")),
+                        device=torch.device("cpu"))
+trainer.initialize()
+trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
+shutil.copy(preprocessed / "nnUNetPlans.json", Path(trainer.output_folder_base) / "plans.json")
+shutil.copy(preprocessed / "dataset.json", Path(trainer.output_folder_base) / "dataset.json")
+"""
+
+
+class TestNnunetPredict(unittest.TestCase):
+    """The README's step 2 predicts with ``breastseg nnunet-predict``, which works after the documented install."""
+
+    def test_readme_step_2_is_the_project_entry_point(self):
+        readme = (ROOT / "README.md").read_text()
+        self.assertIn("breastseg nnunet-predict -i $nnUNet_raw/Dataset501_BUSI/imagesTs -o PRED -d 501", readme)
+        done = subprocess.run([BREASTSEG, "nnunet-predict", "--help"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        for option in ("-i", "-o", "-d", "-c", "-f", "-tr", "-p", "-chk", "-device"):
+            self.assertIn(option, done.stdout)
+
+    @unittest.skipIf(NNUNET, "nnunetv2 is installed here")
+    def test_without_nnunet_one_line_says_how_to_install_it(self):
+        done = subprocess.run([BREASTSEG, "nnunet-predict", "-i", "x", "-o", "y", "-d", "501"], capture_output=True, text=True, timeout=120)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertNotIn("Traceback", done.stderr)
+        self.assertIn("nnunetv2 is not installed: pip install -e", done.stderr.strip().splitlines()[-1])
+
+    @unittest.skipUnless(NNUNET, NNUNET_REASON)
+    def test_predicts_with_a_trainer_whose_lookup_stops_the_console_script(self):
+        tmp = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        datalist = _datalist("busi", tmp / "busi", tmp / "busi.json", 8, val_fraction=0.2, test_fraction=0.3)
+        export = export_nnunet(datalist, 501, tmp / "raw", ckpt_dir=tmp / "no_model")
+        trainers = ROOT / "benchmarks" / "nnunet_trainers"
+        env = dict(os.environ, nnUNet_raw=str(tmp / "raw"), nnUNet_preprocessed=str(tmp / "pre"), nnUNet_results=str(tmp / "res"),
+                   nnUNet_extTrainer=str(trainers), OMP_NUM_THREADS="1")
+        tool = str(Path(sys.executable).with_name("nnUNetv2_plan_and_preprocess"))
+        for command in ([tool, "-d", "501", "-c", "2d", "-npfp", "1", "-np", "1"],
+                        [sys.executable, "-c", _MODEL_FOLDER, "nnUNetTrainerWallClock", str(trainers)]):
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+            self.assertEqual(done.returncode, 0, done.stdout[-3000:] + done.stderr[-3000:])
+        images = Path(export["folder"]) / "imagesTs"
+        options = ["-i", str(images), "-d", "501", "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerWallClock"]
+        done = subprocess.run([BREASTSEG, "nnunet-predict", *options, "-o", str(tmp / "pred")], env=env, capture_output=True,
+                              text=True, timeout=600)
+        self.assertEqual(done.returncode, 0, done.stdout[-3000:] + done.stderr[-3000:])
+        tests = sorted(case["identifier"] for case in export["cases"] if case["split"] == "test")
+        self.assertTrue(tests)
+        self.assertEqual(sorted(p.name[: -len(".nii.gz")] for p in (tmp / "pred").glob("*.nii.gz")), tests)
+        self.assertTrue((tmp / "pred" / "predict_from_raw_data_args.json").is_file())  # what breastseg compare reads
+        for identifier in tests:
+            image = nib.load(str(images / f"{identifier}_0000.nii.gz"))
+            self.assertEqual(nib.load(str(tmp / "pred" / f"{identifier}.nii.gz")).shape[:2], image.shape[:2])
+        if importlib.util.find_spec("timm") is None:  # the console script, after the same install
+            console = subprocess.run([str(Path(sys.executable).with_name("nnUNetv2_predict")), *options, "-o", str(tmp / "pred2"),
+                                      "-device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
+            self.assertNotEqual(console.returncode, 0)
+            self.assertIn("No module named 'timm'", console.stderr)
 
 
 class TestCompareNnunetPredictions(unittest.TestCase):

@@ -319,6 +319,35 @@ def _run_export_nnunet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_nnunet_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("nnunet-predict", help="nnUNetv2_predict through nnU-Net's Python API: works after the documented "
+                                              "nnU-Net install (the console script needs timm)")
+    p.add_argument("-i", dest="images", required=True, help="the images to predict (an export's imagesTs)")
+    p.add_argument("-o", dest="output", required=True, help="the folder of the predictions (give it to breastseg compare)")
+    p.add_argument("-d", dest="dataset", required=True, help="nnU-Net dataset id or name (Dataset501_BUSI)")
+    p.add_argument("-c", dest="configuration", default="2d", help="nnU-Net configuration (default 2d)")
+    p.add_argument("-f", dest="folds", nargs="+", default=["0"], help="trained folds to ensemble (default 0)")
+    p.add_argument("-tr", dest="trainer", default="nnUNetTrainer", help="trainer class trained with (default nnUNetTrainer; "
+                                                                       "others are also looked up in $nnUNet_extTrainer)")
+    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("-chk", dest="checkpoint", default="checkpoint_final.pth", help="checkpoint file of each fold")
+    p.add_argument("-device", dest="device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=_run_nnunet_predict)
+
+
+def _run_nnunet_predict(args: argparse.Namespace) -> int:
+    from breastseg.workflows.commands.nnunet_predict import predict
+    from breastseg.workflows.errors import UserError
+
+    try:
+        folder = predict(args.images, args.output, args.dataset, args.configuration, args.folds, args.trainer, args.plans,
+                         args.checkpoint, args.device)
+    except UserError as error:
+        raise SystemExit(f"breastseg nnunet-predict: {error}") from None
+    print(f"{args.output}: predictions of {args.images} by {folder} (folds {' '.join(args.folds)})")
+    return 0
+
+
 def _add_ablation(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablation", help="train and evaluate each ablation variant of a bundle on one split; print the table")
     p.add_argument("--bundle", default="brems_net")
@@ -443,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cross_dataset(sub)
     _add_compare(sub)
     _add_export_nnunet(sub)
+    _add_nnunet_predict(sub)
     _add_promote(sub)
     _add_models(sub)
     return parser

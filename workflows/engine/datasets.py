@@ -30,13 +30,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset, get_track_meta, set_track_meta
 from monai.data.meta_tensor import MetaTensor
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, Lambda, Randomizable, apply_transform
 from monai.utils import enums as monai_enums
+
+from breastseg.workflows.engine.model_context import NUMERIC_NUMPY_GLOBALS
 
 __all__ = ["SampleCacheDataset", "build_dataset", "build_loader", "auto_num_workers", "plain_tensors"]
 
@@ -119,15 +120,7 @@ for _enum in _MONAI_ENUMS:
 
 #: What a cached ``MetaTensor`` item needs beyond plain tensors to load with ``weights_only=True``: MONAI's
 #: metadata types and the numeric numpy arrays and scalars readers put in the metadata (no object arrays).
-_METADATA_GLOBALS = [
-    MetaTensor,
-    *_MONAI_ENUMS,
-    np.ndarray,
-    np.dtype,
-    np._core.multiarray._reconstruct,
-    np._core.multiarray.scalar,
-    *(dtype for dtype in vars(np.dtypes).values() if isinstance(dtype, type) and dtype is not np.dtypes.ObjectDType),
-]
+_METADATA_GLOBALS = [MetaTensor, *_MONAI_ENUMS, *NUMERIC_NUMPY_GLOBALS]
 
 
 class _MetadataPersistentDataset(PersistentDataset):

@@ -21,8 +21,9 @@ import pickle
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
@@ -42,6 +43,7 @@ __all__ = [
     "check_context",
     "checkpoint_id",
     "load_weights_only",
+    "NUMERIC_NUMPY_GLOBALS",
     "TrainedModelLoader",
 ]
 
@@ -123,9 +125,22 @@ def checkpoint_id(context: Mapping[str, Any] | None) -> str | None:
 #: the first bytes of torch's zip format (``torch.save`` since 1.6); older tools write the legacy pickle format
 _ZIP_MAGIC = b"PK\x03\x04"
 
+#: numeric numpy arrays and scalars (no object arrays), which a weights-only load refuses unless allowed: readers put
+#: them in MONAI's metadata, nnU-Net in its checkpoints' training logs
+NUMERIC_NUMPY_GLOBALS = [
+    np.ndarray,
+    np.dtype,
+    np._core.multiarray._reconstruct,
+    np._core.multiarray.scalar,
+    *(dtype for dtype in vars(np.dtypes).values() if isinstance(dtype, type) and dtype is not np.dtypes.ObjectDType),
+]
 
-def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)``, for any checkpoint format torch writes.
+
+def load_weights_only(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False, allowed: Sequence[Any] = ()
+) -> Any:
+    """``torch.load(path, weights_only=True)``, for any checkpoint format torch writes; ``allowed``: further types the
+    file may hold (:data:`NUMERIC_NUMPY_GLOBALS`).
 
     ``mmap`` (read only what is used) applies to the zip format; a legacy file (``_use_new_zipfile_serialization=False``,
     as older tools write) is read whole instead, still weights-only.
@@ -138,7 +153,8 @@ def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu"
     with path.open("rb") as stream:
         zip_format = stream.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zip_format)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zip_format)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines()]
         refused = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
