@@ -25,6 +25,7 @@ from .io import (
     read_dicom,
     read_dicom_header,
     read_dicom_itk,
+    read_image_size,
     read_png,
     read_png_mask,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "read_dicom",
     "read_dicom_header",
     "read_dicom_itk",
+    "read_image_size",
     "read_png",
     "read_png_mask",
     "MSF_SCALES_WH",

@@ -1,6 +1,6 @@
 """Readers: DICOM (pydicom or ITK, one convention), PNG, and lesion masks from datalist records."""
 
-from .array import PIL_SUFFIXES, LoadBreastImage, LoadLesionMask, to_metatensor
+from .array import PIL_SUFFIXES, LoadBreastImage, LoadLesionMask, read_image_size, to_metatensor
 from .dicom import (
     DECODER_PACKAGES,
     DicomImage,
@@ -31,6 +31,7 @@ __all__ = [
     "read_dicom",
     "read_dicom_header",
     "read_dicom_itk",
+    "read_image_size",
     "read_png",
     "read_png_mask",
     "to_metatensor",
