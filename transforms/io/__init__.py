@@ -13,7 +13,7 @@ from .dicom import (
 )
 from .dictionary import LoadBreastImaged, LoadLesionMaskd
 from .masks import LABEL_FORMATS, load_lesion_mask
-from .png import read_png, read_png_mask
+from .png import mask_png, read_png, read_png_mask
 
 __all__ = [
     "DECODER_PACKAGES",
@@ -27,6 +27,7 @@ __all__ = [
     "PIL_SUFFIXES",
     "dicom_spacing",
     "load_lesion_mask",
+    "mask_png",
     "missing_decoder",
     "read_dicom",
     "read_dicom_header",

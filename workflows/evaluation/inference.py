@@ -27,6 +27,7 @@ import threading
 from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -145,33 +146,57 @@ class ImagePrediction:
 
     Attributes:
         source: the image file.
-        probabilities: ``(rows, columns)`` float32.
-        affine: the image's original affine (its pixel spacing).
+        shape: its ``(rows, columns)``.
+        affine: its original affine (the pixel spacing).
         threshold: probabilities at or above it are lesion.
-        lesion_patches: ``(patch probabilities, box)`` of each lesion box, in box order (patch bundles).
+        lesion_patches: ``(patch probabilities, box)`` of each lesion box in box order (patch bundles: the patches
+            are resized into their boxes when asked for, never onto a whole canvas unless the probabilities are).
+        pasted: ``(rows, columns)`` probabilities already on the grid (whole-image and two-stage bundles).
         detections: ``(K, 5)`` ``(x0, y0, x1, y1, score)`` of the boxes a detector found (two-stage bundle).
     """
 
     source: Path
-    probabilities: np.ndarray
+    shape: tuple[int, int]
     affine: np.ndarray
     threshold: float = 0.5
     lesion_patches: list[tuple[torch.Tensor, list[int]]] = field(default_factory=list)
+    pasted: np.ndarray | None = None
     detections: np.ndarray | None = None
 
     @property
+    def probabilities(self) -> np.ndarray:
+        """``(rows, columns)`` float32 (patches pasted back: the maximum where boxes overlap)."""
+        if self.pasted is not None:
+            return self.pasted
+        from breastseg.transforms import paste_back
+
+        return paste_back([patch for patch, _ in self.lesion_patches], [box for _, box in self.lesion_patches], self.shape)[0].numpy()
+
+    def _box_masks(self) -> Iterator[tuple[np.ndarray, list[int]]]:
+        from breastseg.transforms import paste_back
+
+        for patch, (r0, r1, c0, c1) in self.lesion_patches:
+            size = (r1 - r0, c1 - c0)
+            yield paste_back([patch], [[0, size[0], 0, size[1]]], size)[0].numpy() >= self.threshold, [r0, r1, c0, c1]
+
+    @cached_property
     def mask(self) -> np.ndarray:
-        """``uint8`` 0/1 mask, the union of the lesion masks."""
-        return (self.probabilities >= self.threshold).astype(np.uint8)
+        """``uint8`` 0/1 mask: the probabilities at or above the threshold, which is the union of the lesion masks (the
+        maximum of overlapping patches reaches the threshold where one of them does)."""
+        if self.pasted is not None:
+            return (self.pasted >= self.threshold).astype(np.uint8)
+        mask = np.zeros(self.shape, dtype=np.uint8)
+        for inside, (r0, r1, c0, c1) in self._box_masks():
+            mask[r0:r1, c0:c1] |= inside
+        return mask
 
     def lesion_masks(self) -> Iterator[np.ndarray]:
         """Each box's own ``uint8`` 0/1 mask on the original grid, in box order (one at a time: a mammogram's
         canvas is large)."""
-        from breastseg.transforms import paste_back
-
-        for patch, box in self.lesion_patches:
-            canvas = paste_back([patch], [box], self.probabilities.shape)
-            yield (canvas[0].numpy() >= self.threshold).astype(np.uint8)
+        for inside, (r0, r1, c0, c1) in self._box_masks():
+            mask = np.zeros(self.shape, dtype=np.uint8)
+            mask[r0:r1, c0:c1] = inside
+            yield mask
 
 
 class MaskWriter:
@@ -245,8 +270,6 @@ class MaskWriter:
         """Each image of ``batch`` on its original grid: its patches' probabilities ``pred`` pasted back."""
         from monai.data import decollate_batch
 
-        from breastseg.transforms import paste_back
-
         samples = decollate_batch({key: batch[key] for key in ("image", "roi_box", "lesion_count") if key in batch})
         patches: dict[str, list[tuple[torch.Tensor, list[int]]]] = defaultdict(list)
         first: dict[str, dict[str, Any]] = {}
@@ -264,9 +287,9 @@ class MaskWriter:
             if len(image_patches) != count:  # the chain returns an image's patches as one list: never split
                 raise RuntimeError(f"{source}: {len(image_patches)} of its {count} lesion patches in one batch")
             meta = sample["image"].meta
-            canvas = paste_back([patch for patch, _ in image_patches], [box for _, box in image_patches], meta["spatial_shape"])
+            shape = tuple(int(v) for v in meta["spatial_shape"])
             affine = torch.as_tensor(meta["original_affine"], dtype=torch.float64).numpy()
-            predictions.append(ImagePrediction(Path(source), canvas[0].numpy(), affine, self.threshold, image_patches))
+            predictions.append(ImagePrediction(Path(source), shape, affine, self.threshold, image_patches))
         return predictions
 
     def __call__(self, engine: Engine) -> None:
@@ -284,9 +307,9 @@ class MaskWriter:
 
     @staticmethod
     def _save_png(mask: np.ndarray, path: Path) -> None:
-        from PIL import Image
+        from breastseg.transforms import mask_png
 
-        Image.fromarray(mask * np.uint8(255)).save(path)
+        path.write_bytes(mask_png(mask))
 
     def _write(self, source: Path, mask: np.ndarray, affine: np.ndarray) -> list[Path]:
         import nibabel as nib
@@ -338,7 +361,7 @@ class ImagePredictor:
 
         loader()
         self.device = torch.device(device)
-        self.network = network
+        self.network = network.eval()  # once: switching modes per call would walk every module on every request
         inferer = inferer or SimpleInferer()
         self.amp, self.inferer = resolve_precision(self.device, amp, inferer, network)
         self.preprocessing = preprocessing
@@ -359,7 +382,6 @@ class ImagePredictor:
         """Segment ``image`` (a DICOM/PNG file) at its lesion ``boxes`` (none: the whole image is the box)."""
         from monai.data import list_data_collate
         from monai.engines.utils import engine_apply_transform
-        from monai.networks.utils import eval_mode
 
         from breastseg.workflows.engine.harness import plain_input_batch
 
@@ -368,7 +390,7 @@ class ImagePredictor:
         batch = list_data_collate(samples if isinstance(samples, list) else [samples])
         inputs, _ = plain_input_batch(batch, self.device)
         precision = torch.autocast("cuda") if self.amp else nullcontext()  # MONAI's evaluator: amp is CUDA's
-        with self._lock, eval_mode(self.network), precision:
+        with self._lock, torch.no_grad(), precision:
             output = {"pred": self.inferer(inputs, self.network)}
             if self.postprocessing is not None:
                 batch, output = engine_apply_transform(batch, output, self.postprocessing)

@@ -43,5 +43,6 @@ class WholeImageMaskWriter(MaskWriter):
             prediction = MetaTensor(probabilities.detach().cpu().float(), meta=image.meta, applied_operations=image.applied_operations)
             restored = self.chain.inverse({"image": prediction})["image"]
             affine = torch.as_tensor(restored.affine, dtype=torch.float64).numpy()
-            predictions.append(ImagePrediction(Path(str(image.meta["filename_or_obj"])), restored[0].numpy(), affine, self.threshold))
+            pasted = restored[0].numpy()
+            predictions.append(ImagePrediction(Path(str(image.meta["filename_or_obj"])), pasted.shape, affine, self.threshold, pasted=pasted))
         return predictions

@@ -80,8 +80,8 @@ class PipelineMaskWriter(MaskWriter):
         for index, result in enumerate(self.inferer.last_results):
             source = Path(str(images.meta["filename_or_obj"][index]))
             detections = result.detections if result.detected else np.zeros((0, 5))
-            probabilities = pred[index, 0].detach().cpu().float().numpy()
-            predictions.append(ImagePrediction(source, probabilities, affines[index].numpy(), self.threshold, detections=detections))
+            pasted = pred[index, 0].detach().cpu().float().numpy()
+            predictions.append(ImagePrediction(source, pasted.shape, affines[index].numpy(), self.threshold, pasted=pasted, detections=detections))
         return predictions
 
     def __call__(self, engine: Engine) -> None:
