@@ -48,11 +48,13 @@ def _stage(record, files, policy=ServingPolicy(), takes_roi=True, row=0):
     return stage_row(row, record, files["staging"], policy, takes_roi)
 
 
-def test_base64_dicom_and_png_become_files_named_by_their_format(files):
+def test_base64_and_raw_dicom_and_png_become_files_named_by_their_format(files):
     path, boxes = _stage({"image": _b64(files["dicom"].read_bytes()), "roi": [[1, 20, 2, 15], [3, 9, 4, 8]]}, files)
     assert path.name == "row00000.dcm" and path.read_bytes() == files["dicom"].read_bytes() and boxes == [[1, 20, 2, 15], [3, 9, 4, 8]]
     path, boxes = _stage({"image": _b64((files["allowed"] / "image.png").read_bytes())}, files, row=1)
     assert path.name == "row00001.png" and boxes is None
+    path, _ = _stage({"image": files["dicom"].read_bytes()}, files, row=2)  # raw bytes: Parquet requests, DataFrames
+    assert path.name == "row00002.dcm" and path.read_bytes() == files["dicom"].read_bytes()
 
 
 def test_paths_are_refused_by_default_and_the_answer_never_says_whether_a_file_exists(files):
@@ -106,6 +108,8 @@ def test_over_the_limits_is_refused_before_decoding_with_the_limit_named(files):
     # over the byte limit: refused from the text's length, before base64 is decoded (this text is not even base64)
     with pytest.raises(ServingInputError, match=r"row 0: the image file is 1,500 bytes, over this server's limit of 1,000 bytes \(max_bytes\)"):
         _stage({"image": "!" * 2000}, files, policy)
+    with pytest.raises(ServingInputError, match=r"row 0: the image file is 2,000 bytes, over this server's limit of 1,000 bytes"):
+        _stage({"image": b"!" * 2000}, files, policy)
     # a header claiming 200 x 100 pixels with one row of data behind it: refused by the header alone
     with pytest.raises(ServingInputError, match=r"200 x 100 = 20,000 pixels, over this server's limit of 10,000 pixels \(max_pixels\)"):
         _stage({"image": _b64(_png_header(200, 100))}, files, policy)
@@ -121,7 +125,8 @@ def test_over_the_limits_is_refused_before_decoding_with_the_limit_named(files):
     [
         ({"image": "not base64!"}, "row 0: 'image' is not base64"),
         ({"image": _b64(b"plain text, no image")}, "row 0: the base64 'image' is neither a PNG nor a DICOM file"),
-        ({"image": 5}, "row 0: 'image' must be text"),
+        ({"image": 5}, "row 0: 'image' must be the bytes of a DICOM or PNG file (base64 text in JSON, raw bytes in Parquet), got int"),
+        ({"image": b"raw, no image"}, "row 0: the raw 'image' is neither a PNG nor a DICOM file"),
         ({"image": _b64(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)}, "row 0: the image's header cannot be read"),
         ({"array": [[0.5, 1.5]]}, "row 0: 'array' must hold integer pixel values"),
         ({"array": [[-1, 3]]}, "values must lie from 0 to 65535"),

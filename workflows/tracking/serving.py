@@ -3,7 +3,8 @@
 :class:`ImageBundleModel` is the MLflow ``pyfunc`` model registered by every training of a bundle (for the two-stage
 bundle, its whole pipeline: detector, multi-scale fusion and segmenter). Each input row holds one image:
 
-- ``image``: the bytes of a DICOM or PNG file in base64; or, only where the operator allows a folder
+- ``image``: the bytes of a DICOM or PNG file: base64 text (JSON requests), or raw bytes (Parquet requests and
+  DataFrames in Python: no JSON or base64 to decode); or, only where the operator allows a folder
   (:class:`ServingPolicy`), the path of such a file inside that folder;
 - ``array``: or the pixels themselves, a 2-D integer array at native size (``uint8`` or values up to 255: 8-bit,
   else up to 65535: 16-bit, as the bundle's chain scales a file of that bit depth);
@@ -210,6 +211,13 @@ def decode_png(text: str) -> np.ndarray:
         return np.asarray(image)
 
 
+def _mask_text(mask: np.ndarray) -> str:
+    """A 0/1 mask as the base64 of the very PNG inference writes for it."""
+    from breastseg.transforms import mask_png
+
+    return base64.b64encode(mask_png(mask)).decode("ascii")
+
+
 def _encode_npy(array: np.ndarray) -> str:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
@@ -257,7 +265,7 @@ def _check_pixels(row: int, rows: int, columns: int, policy: ServingPolicy) -> N
 def _base64_bytes(row: int, value: str, policy: ServingPolicy) -> bytes:
     _check_bytes(row, len(value) * 3 // 4, policy)  # the decoded size, known before decoding
     try:
-        return base64.b64decode(value, validate=True)
+        return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         paths = "or the path of a file in the server's image folder" if policy.image_folder else "(this server reads no file paths)"
         raise ServingInputError(
@@ -265,18 +273,22 @@ def _base64_bytes(row: int, value: str, policy: ServingPolicy) -> bytes:
         ) from None
 
 
-def _image_file(row: int, value: str, target: Path, policy: ServingPolicy) -> Path:
-    """Row ``row``'s ``image`` as a file ``target.<png|dcm>``: an allowed file linked (read in place), base64 bytes
-    written; refused over the byte and pixel limits before any pixel is decoded."""
-    source = policy.allowed_file(value)
+def _image_file(row: int, value: str | bytes, target: Path, policy: ServingPolicy) -> Path:
+    """Row ``row``'s ``image`` as a file ``target.<png|dcm>``: an allowed file linked (read in place), bytes (raw, or
+    base64 text) written; refused over the byte and pixel limits before any pixel is decoded."""
+    source = policy.allowed_file(value) if isinstance(value, str) else None
     if source is not None:
         _check_bytes(row, source.stat().st_size, policy)
         with open(source, "rb") as handle:
             target = target.with_suffix(_suffix(row, handle.read(_HEAD), "the file"))
         target.symlink_to(source)
     else:
-        data = _base64_bytes(row, value, policy)
-        target = target.with_suffix(_suffix(row, data[:_HEAD], "the base64 'image'"))
+        if isinstance(value, str):
+            data, what = _base64_bytes(row, value, policy), "the base64 'image'"
+        else:
+            _check_bytes(row, len(value), policy)
+            data, what = bytes(value), "the raw 'image'"
+        target = target.with_suffix(_suffix(row, data[:_HEAD], what))
         target.write_bytes(data)
     from breastseg.transforms import read_image_size
 
@@ -341,8 +353,10 @@ def stage_row(row: int, record: Mapping[str, Any], folder: Path, policy: Serving
     image, array, roi = record.get("image"), record.get("array"), record.get("roi")
     if _present(image) == _present(array):
         raise ServingInputError(f"row {row}: give exactly one of 'image' (base64 DICOM/PNG bytes) and 'array'")
-    if _present(image) and not isinstance(image, str):
-        raise ServingInputError(f"row {row}: 'image' must be text, the bytes of a DICOM or PNG file in base64, got {type(image).__name__}")
+    if _present(image) and not isinstance(image, (str, bytes)):
+        raise ServingInputError(
+            f"row {row}: 'image' must be the bytes of a DICOM or PNG file (base64 text in JSON, raw bytes in Parquet), got {type(image).__name__}"
+        )
     boxes = _boxes(row, roi) if _present(roi) else None
     if boxes and not takes_roi:
         raise ServingInputError(f"row {row}: 'roi' was given, but this model segments whole images: send the image without 'roi'")
@@ -462,12 +476,12 @@ class ImageBundleModel(NetworkModel):
                 raise
             reason = _client_text(cause, folder, self.policy.image_folder)
             raise ServingInputError(f"row {row}: the bundle's chain could not read the image: {reason}") from error
-        mask = prediction.mask
-        result: dict[str, Any] = {"mask": encode_png(mask * np.uint8(255)), "rows": mask.shape[0], "columns": mask.shape[1], "lesion_pixels": int(mask.sum())}
+        rows, columns = prediction.shape
+        result: dict[str, Any] = {"mask": _mask_text(prediction.mask), "rows": rows, "columns": columns, "lesion_pixels": int(prediction.mask.sum())}
         if prediction.detections is not None:
             result["boxes"] = [[float(value) for value in box] for box in prediction.detections]
         if with_probabilities:
             result["probabilities"] = _encode_npy(prediction.probabilities.astype(np.float32))
         if with_lesion_masks:
-            result["lesion_masks"] = [encode_png(lesion * np.uint8(255)) for lesion in prediction.lesion_masks()]
+            result["lesion_masks"] = [_mask_text(lesion) for lesion in prediction.lesion_masks()]
         return result
