@@ -74,8 +74,8 @@ def running_mlflow_server(folder: Path):
 
 @contextmanager
 def model_server(command: list[str], env: dict[str, str], folder: Path, port: int):
-    """Run ``command`` (a model server on 127.0.0.1:``port``, its log in ``folder/serve.log``); yield its base URL once
-    ``/ping`` answers, and stop it (and its workers) on exit."""
+    """Run ``command`` (a model server on 127.0.0.1:``port``, its log in ``folder/serve.log``, in its own process
+    group); yield its base URL and process once ``/ping`` answers, and stop it (and its workers) on exit."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "serve.log", "a") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -92,7 +92,7 @@ def model_server(command: list[str], env: dict[str, str], folder: Path, port: in
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the model server did not start: {(folder / 'serve.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, process
     finally:
         stop_server(process)
 
@@ -113,7 +113,7 @@ def serving_model(model_uri: str, tracking_uri: str, folder: Path):
         sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
-    with model_server(command, _serving_environment(tracking_uri), folder, port) as url:
+    with model_server(command, _serving_environment(tracking_uri), folder, port) as (url, _):
         yield url
 
 
@@ -125,7 +125,7 @@ def breastseg_serve(model: str, tracking_uri: str, folder: Path, *options: str):
     command = [str(Path(sys.executable).with_name("breastseg")), "serve", model, "--port", str(port), "--tracking-uri", tracking_uri, *options]
     env = _serving_environment(tracking_uri)
     del env["MLFLOW_TRACKING_URI"]  # the command sets it itself
-    with model_server(command, env, folder, port) as url:
+    with model_server(command, env, folder, port) as (url, _):
         yield url
 
 
