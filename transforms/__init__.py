@@ -47,6 +47,7 @@ from .spatial import (
     detector_views,
     lesion_boxes,
     paste_back,
+    square_box,
 )
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "detector_views",
     "lesion_boxes",
     "paste_back",
+    "square_box",
     "brems_net",
     "unetplusplus_mammo",
     "two_stage_msf",

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from breastseg.networks import build_network
+from breastseg.transforms import square_box
 from breastseg.workflows.data.synthetic import cbis_ddsm
 from breastseg.workflows.engine.model_context import load_weights
 from breastseg.workflows.errors import UserValueError
@@ -192,7 +193,7 @@ class TestServedModel:
             probabilities = decode_npy(prediction["probabilities"])
             assert probabilities.shape == (rows, cols) and probabilities.dtype == np.float32
             np.testing.assert_array_equal(probabilities >= 0.5, mask > 0)
-        r0, r1, c0, c1 = cli_masks["box"]
+        r0, r1, c0, c1 = square_box(cli_masks["box"], (rows, cols))  # the lesion's box with the training margin
         dicom_probabilities = decode_npy(answer["predictions"][0]["probabilities"])
         outside = dicom_probabilities.copy()
         outside[r0:r1, c0:c1] = 0
