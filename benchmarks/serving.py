@@ -1,6 +1,6 @@
 """Served request time against the bare preprocessing and forward pass of the same image, in the same run.
 
-Run: ``python benchmarks/serving.py [--bundle unetplusplus_mammo] [--rows 4084 --columns 3328] [--requests 7] [--threads 1]``
+Run: ``python benchmarks/serving.py [--bundle unetplusplus_mammo] [--image_size 64] [--rows 4084 --columns 3328] [--requests 7] [--threads 1]``
 
 A synthetic full-field mammogram (16-bit DICOM, ``rows`` x ``columns``, one mass; written with pydicom) and a bundle
 registered in a temporary MLflow store (its weights untrained at the demo's settings: the time does not depend on
@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the demo's settings of each bundle it times (``breastseg.workflows.commands.demo.DEMO_OVERRIDES``), network at its defaults
+#: the trained settings of each bundle it times: the demo's image size (``breastseg.workflows.commands.demo.DEMO_OVERRIDES``;
+#: ``--image_size`` for another, 224 is the paper's), network at its defaults
 SETTINGS = {"unetplusplus_mammo": {"network": "unetplusplus", "network_kwargs": {"norm": "batch", "dropout": 0.0}, "in_channels": 1, "image_size": 64}}
 
 
@@ -149,7 +150,10 @@ def main() -> None:
     parser.add_argument("--columns", type=int, default=3328)
     parser.add_argument("--requests", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--image_size", type=int, default=None, help="the network's input size (default: the demo's)")
     args = parser.parse_args()
+    if args.image_size:
+        SETTINGS[args.bundle]["image_size"] = args.image_size
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "tests" / "integration"))
     from mlflow_server import free_port, model_server  # the tests' server start: run, then wait for /ping
@@ -175,7 +179,8 @@ def main() -> None:
         median = {name: tuple(statistics.median(column) for column in zip(*values[1:])) for name, values in times.items()}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"{args.bundle}, one {args.rows} x {args.columns} 16-bit DICOM, {args.threads} thread(s), median of {args.requests}:")
+    size = SETTINGS[args.bundle]["image_size"]
+    print(f"{args.bundle} at {size} x {size}, one {args.rows} x {args.columns} 16-bit DICOM, {args.threads} thread(s), median of {args.requests}:")
     bare_wall, bare_cpu = median.pop("bare")
     print(f"  bare chain + forward pass          CPU {bare_cpu:.3f} s   wall {bare_wall:.3f} s")
     for name, (wall, cpu) in median.items():
