@@ -379,7 +379,7 @@ def _rows(frame: Any) -> Any:
 
 
 def _client_text(error: BaseException, *folders: Path | None) -> str:
-    """``error``'s message without the server's folders (the staged file is "the image")."""
+    """``error``'s message on one line, without the server's folders (the request's own file names stay)."""
     text = str(error)
     for folder in folders:
         if folder is not None:
@@ -426,7 +426,7 @@ class NetworkModel(mlflow.pyfunc.PythonModel):
 class ImageBundleModel(NetworkModel):
     """A bundle served through MLflow on DICOM/PNG images or pixel arrays (see the module docstring)."""
 
-    _built = ("predictor", "policy", "takes_roi")
+    _built = ("bundle", "predictor", "policy", "takes_roi")
 
     def log_arguments(self, input_shape: tuple[int, ...]) -> dict[str, Any]:
         """The signature, a one-image input example (``input_shape`` is not needed: images come at any size) and the
@@ -434,8 +434,9 @@ class ImageBundleModel(NetworkModel):
         return {"signature": signature(), "input_example": input_example(), "model_config": ServingPolicy().model_config()}
 
     def load_context(self, context: Any) -> None:
+        self.bundle = Path(context.artifacts["bundle"])  # the registered bundle as loaded (its weights: models/model.pt)
         self.policy = ServingPolicy.from_model_config(getattr(context, "model_config", None))
-        parser = bundle_parser(context.artifacts["bundle"])
+        parser = bundle_parser(self.bundle)
         self.takes_roi = "roi_file" in parser
         self.predictor = parser.get_parsed_content("predictor")
 
