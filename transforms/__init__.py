@@ -22,9 +22,11 @@ from .io import (
     LoadLesionMaskd,
     MissingDecoderError,
     load_lesion_mask,
+    mask_png,
     read_dicom,
     read_dicom_header,
     read_dicom_itk,
+    read_image_size,
     read_png,
     read_png_mask,
 )
@@ -45,6 +47,7 @@ from .spatial import (
     detector_views,
     lesion_boxes,
     paste_back,
+    square_box,
 )
 
 __all__ = [
@@ -66,9 +69,11 @@ __all__ = [
     "LoadLesionMaskd",
     "MissingDecoderError",
     "load_lesion_mask",
+    "mask_png",
     "read_dicom",
     "read_dicom_header",
     "read_dicom_itk",
+    "read_image_size",
     "read_png",
     "read_png_mask",
     "MSF_SCALES_WH",
@@ -87,6 +92,7 @@ __all__ = [
     "detector_views",
     "lesion_boxes",
     "paste_back",
+    "square_box",
     "brems_net",
     "unetplusplus_mammo",
     "two_stage_msf",

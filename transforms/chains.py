@@ -184,8 +184,8 @@ def unetplusplus_mammo(
     """UNet++ for mammography (001): Wiener, CLAHE, one ROI per lesion, 224x224, min-max; rot90 + flips.
 
     Returns a list of samples per image (one per lesion, each with ``lesion_index`` and ``roi_box``).
-    Inference without a label needs the lesion boxes in the sample under ``"roi_boxes"`` (the paper
-    assumes lesion positions are known before segmentation).
+    Inference without a label needs the lesions' bounds in the sample under ``"roi_boxes"`` (the paper
+    assumes lesion positions are known before segmentation), cropped with the same margin as training.
 
     Defaults where the paper is silent:
         * ``wiener_window=3``: the scipy/MATLAB ``wiener2`` default; noise = mean local variance.
@@ -201,7 +201,7 @@ def unetplusplus_mammo(
     steps += [
         WienerFilterd(image_key, window=wiener_window),
         CLAHEd(image_key, clip_limit=clahe_clip, tile_grid=clahe_tiles),
-        LesionRoiCropd(used, label_key=label_key or "label", margin=roi_margin),
+        LesionRoiCropd(used, label_key=label_key or "label", margin=roi_margin, expand_boxes=True),
         _resize(used, image_size, "bilinear"),
         ScaleIntensityd(image_key, minv=0.0, maxv=1.0),
     ]

@@ -37,3 +37,15 @@ def test_no_bundle_found_is_one_line_naming_the_folder(tmp_path):
     # a package installed without its clone has no bundles/ folder: say where we looked, not crash on max()
     with pytest.raises(UserError, match=f"no bundle found under {tmp_path / 'bundles'}.*pip install -e"):
         bundle_summaries(tmp_path)
+
+
+def test_help_is_plain_text():
+    """reStructuredText markup of the docstrings (double backticks) is no help text: argparse prints it as it is."""
+    from breastseg.workflows.commands.cli import build_parser
+
+    result = breastseg_cli("--help")
+    assert_ok(result)
+    assert "``" not in result.stdout and "serve" in result.stdout
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in subcommands.items():
+        assert "``" not in parser.format_help(), name

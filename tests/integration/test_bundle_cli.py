@@ -13,8 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -26,12 +25,14 @@ import torch
 from PIL import Image
 
 from breastseg.networks import build_network
+from breastseg.transforms import square_box
 from breastseg.workflows.data.synthetic import cbis_ddsm
 from breastseg.workflows.engine.model_context import load_weights
 from breastseg.workflows.errors import UserValueError
+from breastseg.workflows.tracking.registry import load_model
 from breastseg.workflows.tracking.serving import decode_npy, decode_png
 from bundle_cli import ROOT, assert_ok, breastseg_cli, bundle_cli, client, export_checkpoint, export_onnx, find_runs, onnx_max_difference, run_command, train, workspace_overrides
-from mlflow_server import free_port, running_mlflow_server, serving_model
+from mlflow_server import breastseg_serve, free_port, post, running_mlflow_server
 
 BUNDLE = ROOT / "bundles" / "unetplusplus_mammo"
 TRAIN = str(BUNDLE / "configs" / "train.json")
@@ -118,90 +119,196 @@ def _base64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 @pytest.fixture(scope="module")
 def cli_masks(workspace, trained):
-    """A synthetic DICOM (pydicom) and the same pixels as a 16-bit PNG, with the masks ``inference.json`` writes for
-    them through the real CLI (the DICOM with a lesion box from ``--roi_file``, the PNG as a whole image)."""
+    """A synthetic DICOM (pydicom), the same pixels as a 16-bit PNG and the DICOM again with two overlapping lesion
+    boxes, with the masks ``inference.json`` writes for them through the real CLI (``--roi_file`` boxes for the
+    DICOMs, the PNG as a whole image; ``--lesion_masks True``)."""
     images = workspace["root"] / "serve_images"
     images.mkdir()
-    dicom = images / "mammogram.dcm"
+    dicom, two_lesions = images / "mammogram.dcm", images / "two_lesions.dcm"
     shutil.copy2(_full_mammogram(workspace), dicom)
+    shutil.copy2(dicom, two_lesions)
     pixels = pydicom.dcmread(dicom).pixel_array
     png = images / "mammogram_png.png"
     Image.fromarray(pixels.astype(np.uint16)).save(png)
     rows, cols = pixels.shape
     box = [rows // 4, 3 * rows // 4, cols // 5, 4 * cols // 5]
+    boxes = [[rows // 5, rows // 2, cols // 6, cols // 2], [rows // 3, 4 * rows // 5, cols // 3, 5 * cols // 6]]  # overlapping
     roi_file = workspace["root"] / "serve_roi.csv"
-    roi_file.write_text("image,row_start,row_end,col_start,col_end\n" + ",".join(map(str, [dicom.name, *box])) + "\n")
+    lines = [[dicom.name, *box]] + [[two_lesions.name, *b] for b in boxes]
+    roi_file.write_text("image,row_start,row_end,col_start,col_end\n" + "".join(",".join(map(str, line)) + "\n" for line in lines))
     out = workspace["root"] / "serve_cli"
     assert_ok(bundle_cli(
         "run", "inference", "--config_file", INFERENCE, "--dataset_dir", str(images), "--roi_file", str(roi_file),
-        "--output_dir", str(out), "--ckpt_dir", str(workspace["root"] / "models"),
+        "--output_dir", str(out), "--ckpt_dir", str(workspace["root"] / "models"), "--lesion_masks", "True",
     ))
-    masks = {path.stem: np.asarray(Image.open(out / f"{path.stem}_pred.png")) for path in (dicom, png)}
-    return {"dicom": dicom, "png": png, "pixels": pixels, "box": box, "masks": masks}
+    masks = {path.stem: np.asarray(Image.open(out / f"{path.stem}_pred.png")) for path in (dicom, png, two_lesions)}
+    lesions = [np.asarray(Image.open(out / f"two_lesions_pred_lesion{k}.png")) for k in (1, 2)]
+    return {"dicom": dicom, "png": png, "two_lesions": two_lesions, "pixels": pixels, "box": box, "boxes": boxes, "masks": masks, "lesions": lesions}
 
 
-def test_served_model_segments_a_posted_dicom_and_png_as_inference_json_does(workspace, cli_masks):
-    """``mlflow models serve`` of the candidate: base64 DICOM (with its lesion box) and PNG in, masks at native size
-    out, equal to what ``inference.json`` writes for the same files; probabilities on request; bad input in one line."""
-    rows, cols = cli_masks["pixels"].shape
-    assert rows != cols  # a transposed mask could not pass the shape check
-    body = {
-        "dataframe_records": [{"image": _base64(cli_masks["dicom"]), "roi": [cli_masks["box"]]}, {"image": _base64(cli_masks["png"]), "roi": None}],  # a field another row has: null
-        "params": {"return_probabilities": True},
-    }
-    with serving_model("models:/unetplusplus_mammo@candidate", workspace["uri"], workspace["root"] / "serve") as url:
-        status, answer = _post(url, body)
+@pytest.fixture(scope="class")
+def served(workspace, cli_masks):
+    """``breastseg serve`` of the candidate (the trained model.pt), with an image folder and small limits."""
+    allowed = workspace["root"] / "allowed"
+    allowed.mkdir(exist_ok=True)
+    shutil.copy2(cli_masks["png"], allowed / "mammogram_png.png")
+    (allowed / "outside.dcm").symlink_to(cli_masks["dicom"])  # a link leading out of the folder
+    limits = ["--max-pixels", str(MAX_PIXELS), "--max-bytes", str(MAX_BYTES)]
+    with breastseg_serve("unetplusplus_mammo@candidate", workspace["uri"], workspace["root"] / "serve", "--image-folder", str(allowed), *limits) as url:
+        yield {"url": url, "folder": allowed}
+
+
+MAX_PIXELS, MAX_BYTES = 100_000, 300_000  # the test images: 256 rows, 43,000 pixels, 87 kB
+
+
+def _answer_is_one_line(status: int, answer: dict, workspace) -> str:
+    """The refusal's message, checked to be one line of 400 with no stack trace and no server path."""
+    assert status == 400 and "stack_trace" not in answer, answer
+    message = answer["message"]
+    assert "\n" not in message and "Traceback" not in message and "/tmp" not in message and str(workspace["root"]) not in message
+    return message
+
+
+class TestServedModel:
+    """``breastseg serve`` (``mlflow models serve``) of the registered candidate on 127.0.0.1, real HTTP requests."""
+
+    def test_a_posted_dicom_and_png_are_segmented_as_inference_json_does(self, served, cli_masks, workspace):
+        """base64 DICOM (with its lesion box) and PNG in, masks at native size out, equal to what ``inference.json``
+        writes for the same files; probabilities on request."""
+        rows, cols = cli_masks["pixels"].shape
+        assert rows != cols  # a transposed mask could not pass the shape check
+        body = {
+            "dataframe_records": [{"image": _base64(cli_masks["dicom"]), "roi": [cli_masks["box"]]}, {"image": _base64(cli_masks["png"]), "roi": None}],  # a field another row has: null
+            "params": {"return_probabilities": True},
+        }
+        status, answer = post(served["url"], body)
         assert status == 200, answer
-        bad_status, bad = _post(url, {"dataframe_records": [{"image": "not an image"}]})
-    for prediction, path in zip(answer["predictions"], (cli_masks["dicom"], cli_masks["png"])):
-        mask = decode_png(prediction["mask"])
-        assert mask.shape == (rows, cols) == (prediction["rows"], prediction["columns"])
-        np.testing.assert_array_equal(mask, cli_masks["masks"][path.stem])
-        assert prediction["lesion_pixels"] == int((mask > 0).sum())
-        probabilities = decode_npy(prediction["probabilities"])
-        assert probabilities.shape == (rows, cols) and probabilities.dtype == np.float32
-        np.testing.assert_array_equal(probabilities >= 0.5, mask > 0)
-    r0, r1, c0, c1 = cli_masks["box"]
-    dicom_probabilities = decode_npy(answer["predictions"][0]["probabilities"])
-    outside = dicom_probabilities.copy()
-    outside[r0:r1, c0:c1] = 0
-    assert not outside.any() and dicom_probabilities[r0:r1, c0:c1].std() > 0  # the box was segmented, nothing else
-    # MLflow answers 400 with a generic message; the reason is the traceback's last line (the request is not echoed)
-    assert bad_status == 400 and "row 0: 'image' is neither an existing file on the server nor base64" in bad["stack_trace"].splitlines()[-1]
+        for prediction, path in zip(answer["predictions"], (cli_masks["dicom"], cli_masks["png"])):
+            mask = decode_png(prediction["mask"])
+            assert mask.shape == (rows, cols) == (prediction["rows"], prediction["columns"])
+            np.testing.assert_array_equal(mask, cli_masks["masks"][path.stem])
+            assert prediction["lesion_pixels"] == int((mask > 0).sum())
+            probabilities = decode_npy(prediction["probabilities"])
+            assert probabilities.shape == (rows, cols) and probabilities.dtype == np.float32
+            np.testing.assert_array_equal(probabilities >= 0.5, mask > 0)
+        r0, r1, c0, c1 = square_box(cli_masks["box"], (rows, cols))  # the lesion's box with the training margin
+        dicom_probabilities = decode_npy(answer["predictions"][0]["probabilities"])
+        outside = dicom_probabilities.copy()
+        outside[r0:r1, c0:c1] = 0
+        assert not outside.any() and dicom_probabilities[r0:r1, c0:c1].std() > 0  # the box was segmented, nothing else
+
+    def test_several_boxes_give_the_union_of_the_lesion_masks_as_the_command_line_does(self, served, cli_masks):
+        body = {"dataframe_records": [{"image": _base64(cli_masks["two_lesions"]), "roi": cli_masks["boxes"]}], "params": {"return_lesion_masks": True}}
+        status, answer = post(served["url"], body)
+        assert status == 200, answer
+        (prediction,) = answer["predictions"]
+        mask, lesions = decode_png(prediction["mask"]), [decode_png(text) for text in prediction["lesion_masks"]]
+        np.testing.assert_array_equal(mask, cli_masks["masks"]["two_lesions"])  # one native-size mask, as --roi_file gives it
+        for lesion, written in zip(lesions, cli_masks["lesions"], strict=True):
+            np.testing.assert_array_equal(lesion, written)
+        np.testing.assert_array_equal(np.maximum(*lesions), mask)  # the mask is the union of the lesions' masks
+        assert all(lesion.any() for lesion in lesions) and not np.array_equal(*lesions)
+
+    def test_paths_are_read_only_inside_the_image_folder(self, served, cli_masks, workspace):
+        status, answer = post(served["url"], {"dataframe_records": [{"image": "mammogram_png.png"}, {"image": str(served["folder"] / "mammogram_png.png")}]})
+        assert status == 200, answer
+        for prediction in answer["predictions"]:
+            np.testing.assert_array_equal(decode_png(prediction["mask"]), cli_masks["masks"]["mammogram_png"])
+        refused = (
+            str(cli_masks["dicom"]),  # exists, outside the folder
+            str(workspace["root"] / "no_such_image.dcm"),  # does not exist
+            "../serve_images/mammogram.dcm",  # '..' out of the folder to an existing image
+            "outside.dcm",  # a symbolic link in the folder to an image outside it
+            "/etc/passwd",
+        )
+        messages = {_answer_is_one_line(*post(served["url"], {"dataframe_records": [{"image": value}]}), workspace) for value in refused}
+        (message,) = messages  # the same answer whether or not the file exists
+        assert message.startswith("row 0: 'image' is not base64") and "image folder" in message
+
+    def test_bad_input_is_answered_in_one_line_without_a_trace(self, served, cli_masks, workspace):
+        png, dicom_bytes = _base64(cli_masks["png"]), cli_masks["dicom"].read_bytes()
+        truncated = base64.b64encode(dicom_bytes[: len(dicom_bytes) // 2]).decode("ascii")  # the header reads, the pixels do not
+        rows, cols = cli_masks["pixels"].shape
+        cases = [
+            ({"image": "not an image"}, "row 0: 'image' is not base64"),
+            ({"image": base64.b64encode(b"plain text").decode()}, "row 0: the base64 'image' is neither a PNG nor a DICOM file"),
+            ({"array": [[0.5, 1.5]]}, "row 0: 'array' must hold integer pixel values"),
+            ({"image": png, "array": [[1]]}, "row 0: give exactly one of 'image'"),
+            ({"image": png, "roi": [[1, 2, 3]]}, "row 0: 'roi' must be a list of boxes"),
+            ({"image": png, "roi": [[0, rows + 1, 0, cols]]}, f"row 0: lesion box [0, {rows + 1}, 0, {cols}] of row00000.png is empty or outside its {rows} rows"),
+            ({"image": truncated}, "row 0: the bundle's chain could not read the image: The number of bytes of pixel data is less"),
+            ({"images": png}, "no usable row: send one row per image"),
+        ]
+        for record, expected in cases:
+            message = _answer_is_one_line(*post(served["url"], {"dataframe_records": [record]}), workspace)
+            assert message.startswith(expected), message
+
+    def test_requests_over_the_limits_are_refused_before_decoding(self, served, workspace):
+        too_many = [[0] * 400] * 400  # 160,000 pixels
+        message = _answer_is_one_line(*post(served["url"], {"dataframe_records": [{"array": too_many}]}), workspace)
+        assert f"400 x 400 = 160,000 pixels, over this server's limit of {MAX_PIXELS:,} pixels (max_pixels)" in message
+        too_long = "A" * (MAX_BYTES * 2)  # refused by its length: it is never decoded
+        message = _answer_is_one_line(*post(served["url"], {"dataframe_records": [{"image": too_long}]}), workspace)
+        assert f"the image file is {MAX_BYTES * 3 // 2:,} bytes, over this server's limit of {MAX_BYTES:,} bytes (max_bytes)" in message
+
+    def test_twenty_concurrent_requests_are_all_answered_correctly(self, served, cli_masks):
+        flipped = np.ascontiguousarray(cli_masks["pixels"][:, ::-1])
+        bodies = [
+            {"dataframe_records": [{"image": _base64(cli_masks["dicom"]), "roi": [cli_masks["box"]]}]},
+            {"dataframe_records": [{"image": _base64(cli_masks["png"])}]},
+            {"dataframe_records": [{"image": _base64(cli_masks["two_lesions"]), "roi": cli_masks["boxes"]}]},
+            {"dataframe_records": [{"array": flipped.tolist()}]},  # another side: a whole-image chain's state per call
+        ]
+        expected = [decode_png(post(served["url"], body)[1]["predictions"][0]["mask"]) for body in bodies]  # one at a time
+        np.testing.assert_array_equal(expected[0], cli_masks["masks"]["mammogram"])
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            answers = list(pool.map(lambda index: (index % 4, post(served["url"], bodies[index % 4])), range(20)))
+        for index, (status, answer) in answers:
+            assert status == 200, answer
+            np.testing.assert_array_equal(decode_png(answer["predictions"][0]["mask"]), expected[index])
+
+    def test_the_readme_serving_example_runs_as_written(self, served, workspace, tmp_path, monkeypatch):
+        """The README's client example, against this server (its port alone replaced) from a folder laid out as the
+        demo leaves one (the training's datalist): the lesions' boxes are sent and the mask matches the truth, where
+        the whole image sent to this lesion-crop model does not."""
+        readme = (ROOT / "README.md").read_text()
+        (snippet,) = [block.split("```")[0] for block in readme.split("```python\n")[1:] if "/invocations" in block.split("```")[0]]
+        runs = tmp_path / "bundles" / "unetplusplus_mammo" / "runs"
+        runs.mkdir(parents=True)
+        (runs / "cbis-ddsm").symlink_to(workspace["root"] / "out")
+        monkeypatch.chdir(tmp_path)
+        assert "http://127.0.0.1:5001/invocations" in snippet and '"roi": roi' in snippet
+        snippet = snippet.replace("http://127.0.0.1:5001", served["url"])
+        with_boxes, whole_image = {}, {}
+        exec(snippet, with_boxes)
+        exec(snippet.replace('"roi": roi', '"roi": None'), whole_image)
+        assert len(with_boxes["roi"]) == 2  # the first test image has two masses: two boxes, one mask
+        assert with_boxes["dice"] > 0.4 and whole_image["dice"] < 0.2  # this model: 2 epochs at 32 x 32
 
 
-def test_loaded_model_takes_a_path_or_an_array_at_native_size(workspace, cli_masks, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])  # not mlflow.set_tracking_uri: it would outlive this test
-    model = mlflow.pyfunc.load_model("models:/unetplusplus_mammo@candidate")
-    frame = pd.DataFrame({"image": [str(cli_masks["png"]), None], "array": [None, cli_masks["pixels"].astype(np.int64)]})
+def test_loaded_model_takes_a_path_in_its_image_folder_or_an_array_at_native_size(workspace, cli_masks):
+    model = load_model("unetplusplus_mammo@candidate", workspace["uri"], model_config={"image_folder": str(cli_masks["png"].parent)})
+    frame = pd.DataFrame({"image": [cli_masks["png"].name, None], "array": [None, cli_masks["pixels"].astype(np.int64)]})
     predictions = model.predict(frame)
     for mask in predictions["mask"]:
         np.testing.assert_array_equal(decode_png(mask), cli_masks["masks"][cli_masks["png"].stem])
     assert "probabilities" not in predictions  # only on request
     with pytest.raises(UserValueError, match="row 0: give exactly one of 'image'"):
         model.predict(pd.DataFrame({"image": [str(cli_masks["png"])], "array": [cli_masks["pixels"].astype(np.int64)]}))
-    assert sorted(p.name for p in cli_masks["png"].parent.iterdir()) == ["mammogram.dcm", "mammogram_png.png"]  # nothing written beside the inputs
+    assert sorted(p.name for p in cli_masks["png"].parent.iterdir()) == ["mammogram.dcm", "mammogram_png.png", "two_lesions.dcm"]  # nothing written beside the inputs
 
 
 def test_registered_model_runs_where_breastseg_is_not_installed(workspace, cli_masks):
     """The logged code is enough: a Python without the project's editable install (site-packages on PYTHONPATH, so
     its .pth finder is never run) loads the registered model and segments the PNG."""
     script = (
-        "import sys, mlflow, pandas as pd\n"
+        "import base64, sys, mlflow, pandas as pd\n"
         "try:\n    import breastseg.workflows\n    sys.exit('breastseg is importable before the model is loaded')\nexcept ImportError:\n    pass\n"
         "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
-        "print(model.predict(pd.DataFrame({'image': [sys.argv[2]]}))['mask'][0])\n"
+        "image = base64.b64encode(open(sys.argv[2], 'rb').read()).decode()\n"
+        "print(model.predict(pd.DataFrame({'image': [image]}))['mask'][0])\n"
     )
     site_packages = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "mlflow").is_dir())
     env = dict(os.environ, PYTHONPATH=site_packages, OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=workspace["uri"])

@@ -8,9 +8,11 @@ on a tiny synthetic INbreast copy checks the other layout and the variant overri
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
 import numpy as np
+import pydicom
 import pytest
 import torch
 from PIL import Image
@@ -73,6 +75,14 @@ def test_best_model_is_registered_and_serves_a_mammogram_at_native_size(workspac
     mask, probabilities = served_prediction(model, image)  # the whole-image chain's padding and resizing undone
     assert mask.shape == probabilities.shape == native_shape(image)
     assert 0.0 <= probabilities.min() <= probabilities.max() <= 1.0 and np.array_equal(mask > 0, probabilities >= 0.5)
+    # requests in several threads at once (as MLflow's server runs them): each image gets the mask it gets alone
+    mirrored = workspace["root"] / "mirrored.png"
+    Image.fromarray(np.ascontiguousarray(pydicom.dcmread(image).pixel_array[:, ::-1]).astype(np.uint16)).save(mirrored)
+    alone = {path: served_prediction(model, path)[0] for path in (image, mirrored)}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda index: (index % 2, served_prediction(model, (image, mirrored)[index % 2])[0]), range(8)))
+    for index, served in together:
+        np.testing.assert_array_equal(served, alone[(image, mirrored)[index]])
 
 
 def test_evaluation_reports_table_3_metrics_and_table_4_thresholds(workspace, trained):

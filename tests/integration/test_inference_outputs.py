@@ -5,13 +5,19 @@ weights of the hybrid-attention bundle on a synthetic BUSI class folder."""
 from __future__ import annotations
 
 import hashlib
+import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from breastseg.networks import build_network
 from breastseg.workflows.data.synthetic import busi
 from bundle_cli import ROOT, assert_ok, bundle_cli
+
+sys.path.insert(0, str(ROOT / "tests" / "transforms"))
+from mammo_factory import write_dicom  # noqa: E402
 
 INFERENCE = str(ROOT / "bundles" / "hybrid_attention_us" / "configs" / "inference.json")
 
@@ -61,3 +67,20 @@ def test_predictions_are_named_pred_and_never_replace_a_file_unless_asked(setup,
     assert (output / f"{images[0]}_pred.png").read_bytes() == b"kept"
     assert_ok(_infer(setup, output, "--overwrite", "True"))
     assert (output / f"{images[0]}_pred.png").read_bytes() != b"kept"
+
+
+def test_two_images_with_one_stem_are_refused_before_anything_is_written(setup, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = next(setup["images"].glob("malignant (1).png"))
+    (images / "a_first.png").write_bytes(source.read_bytes())  # sorted first: the old code wrote its mask, then failed
+    (images / "case.png").write_bytes(source.read_bytes())
+    write_dicom(images / "case.dcm", np.asarray(Image.open(source).convert("L")).astype(np.uint16))  # pydicom
+    result = bundle_cli(
+        "run", "inference", "--config_file", INFERENCE, "--dataset_dir", str(images), "--output_dir", str(tmp_path / "out"),
+        "--ckpt_dir", str(setup["models"]), "--image_size", "32",
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: case.dcm and case.png in ") and "share the stem 'case'" in last and "case_pred.png" in last
+    assert not (tmp_path / "out").exists()

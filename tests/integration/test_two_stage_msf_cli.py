@@ -2,22 +2,25 @@
 
 One module-scoped ``run training`` of ``train.json`` trains the detector (``detector.json``, as its own stage) and
 then the segmenter, one epoch each on a tiny synthetic CBIS-DDSM (256-row mammograms, 64x64 patches, a narrow
-YOLOv3); evaluation (Tables 1-2 of the detector stage, 4 and 5), inference (mask, overlay, boxes), the anchors check and the TorchScript
-export of the segmenter use it.
+YOLOv3); evaluation (Tables 1-2 of the detector stage, 4 and 5), inference (mask, overlay, boxes), the served pipeline, the
+anchors check and the TorchScript export of the segmenter use it.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from breastseg.workflows.data.synthetic import cbis_ddsm
+from breastseg.workflows.tracking.serving import decode_npy, decode_png
 from bundle_cli import ROOT, assert_ok, bundle_cli, client, export_checkpoint, find_runs, train, workspace_overrides
-from mlflow_server import running_mlflow_server
+from mlflow_server import breastseg_serve, post, running_mlflow_server
 
 BUNDLE = ROOT / "bundles" / "two_stage_msf"
 TRAIN = str(BUNDLE / "configs" / "train.json")
@@ -33,6 +36,8 @@ DETECTOR_TRAINING = {
     "detector#max_width": 96,
 }
 PIPELINE = ["--pipeline#view_sizes", "[[64, 32], [96, 64], [128, 64]]", "--pipeline#conf_threshold", "0.01"]
+# every score and lambda 0: the one-epoch detector's boxes (its scores are all low) reach the registered pipeline's answer
+SERVED_PIPELINE = [*PIPELINE[:2], "--pipeline#conf_threshold", "0.0", "--pipeline#fusion_threshold", "0.0"]
 SMALL = ["--patch_size", "64", "--val_fraction", "0.2", "--test_fraction", "0.2"]
 
 
@@ -46,7 +51,8 @@ def workspace(module_dir):
 
 @pytest.fixture(scope="module")
 def trained(workspace):
-    overrides = [*workspace_overrides(workspace, SMALL), "--detector_stage#overrides", repr(DETECTOR_TRAINING)]
+    # the pipeline settings travel with the registered model: the served pipeline runs as SERVED_PIPELINE inference does
+    overrides = [*workspace_overrides(workspace, SMALL), "--detector_stage#overrides", repr(DETECTOR_TRAINING), *SERVED_PIPELINE]
     return train(TRAIN, overrides, workspace, epochs=1)
 
 
@@ -64,7 +70,7 @@ def test_one_training_run_trains_the_detector_then_the_segmenter(workspace, trai
     assert runs["detector"].info.start_time < runs["segmenter"].info.start_time
     assert runs["segmenter"].data.params["network"] == "v19unetplusplus" and runs["segmenter"].data.params["batch_size"] == "4"
     assert runs["segmenter"].data.params["detector_stage.overrides.detector::max_epochs"] == "1"
-    for name, stage in (("two_stage_msf_detector", "detector"), ("two_stage_msf_segmenter", "segmenter")):
+    for name, stage in (("two_stage_msf_detector", "detector"), ("two_stage_msf", "segmenter")):  # the whole pipeline
         assert client(workspace).get_model_version_by_alias(name, "candidate").run_id == runs[stage].info.run_id
 
 
@@ -104,11 +110,11 @@ def _one_mammogram(workspace, folder):
     return source
 
 
-def inference(workspace, images, output, detector=DETECTOR):
+def inference(workspace, images, output, detector=DETECTOR, pipeline=PIPELINE):
     return bundle_cli(
         "run", "inference", "--config_file", INFERENCE, "--dataset_dir", str(images), "--output_dir", str(output),
         "--ckpt_dir", str(workspace["root"] / "models"), "--train_output_dir", str(workspace["root"] / "out"),
-        "--patch_size", "64", "--detector_stage#overrides", repr(detector), *PIPELINE,
+        "--patch_size", "64", "--detector_stage#overrides", repr(detector), *pipeline,
     )
 
 
@@ -127,6 +133,29 @@ def test_inference_writes_the_full_resolution_mask_an_overlay_and_the_boxes(work
         boxes = list(csv.DictReader(handle))
     assert all(row["image"] == "mammogram.dcm" for row in boxes)
     assert (mask.max() == 0) == (not boxes)  # no box, no mask
+
+
+def test_the_served_pipeline_segments_a_raw_dicom_as_inference_does(workspace, trained, tmp_path):
+    """``breastseg serve`` of the registered pipeline (detector, fusion, segmenter in one MLflow model): a raw DICOM
+    in, the full-resolution mask and the boxes with their scores out, as ``inference.json`` writes them."""
+    _one_mammogram(workspace, tmp_path / "images")
+    assert_ok(inference(workspace, tmp_path / "images", tmp_path / "masks", pipeline=SERVED_PIPELINE))
+    dicom = tmp_path / "images" / "mammogram.dcm"
+    body = {"dataframe_records": [{"image": base64.b64encode(dicom.read_bytes()).decode("ascii")}], "params": {"return_probabilities": True}}
+    with breastseg_serve("two_stage_msf@candidate", workspace["uri"], tmp_path / "serve") as url:
+        status, answer = post(url, body)
+        refused, message = post(url, {"dataframe_records": [{"image": body["dataframe_records"][0]["image"], "roi": [[0, 8, 0, 8]]}]})
+    assert status == 200, answer
+    (prediction,) = answer["predictions"]
+    mask = decode_png(prediction["mask"])
+    np.testing.assert_array_equal(mask, np.asarray(Image.open(tmp_path / "masks" / "mammogram_pred.png")))
+    with open(tmp_path / "masks" / "boxes.csv", newline="") as handle:
+        written = [[float(row[key]) for key in ("x0", "y0", "x1", "y1", "score")] for row in csv.DictReader(handle)]
+    np.testing.assert_allclose(np.reshape(prediction["boxes"], (-1, 5)), np.reshape(written, (-1, 5)), rtol=1e-6)
+    probabilities = decode_npy(prediction["probabilities"])
+    # boxes found and their patches segmented (the one-epoch segmenter may leave the thresholded mask empty)
+    assert written and probabilities.max() > 0 and np.array_equal(probabilities >= 0.5, mask > 0)
+    assert refused == 400 and message["message"].startswith("row 0: 'roi' was given, but this model segments whole images")
 
 
 def test_a_detector_checkpoint_with_other_anchors_is_refused(workspace, trained, tmp_path):

@@ -40,6 +40,12 @@ def test_unknown_override_is_one_line_with_a_suggestion(local_store):
     _assert_one_line_error(result, "unknown override --max_epoch", "did you mean --max_epochs?")
 
 
+def test_mistyped_value_lists_the_valid_values(local_store):
+    result = bundle_cli("run", "training", "--config_file", str(BUNDLE / "train.json"), "--dataset", "cbis_ddsm",
+                        tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    _assert_one_line_error(result, "--dataset 'cbis_ddsm' is not one of busi, cbis-ddsm, inbreast, udiat", "did you mean 'cbis-ddsm'?")
+
+
 def test_debug_shows_the_traceback(local_store):
     result = bundle_cli("run", "training", "--config_file", str(BUNDLE / "train.json"), "--max_epoch", "2", "--debug",
                         tracking_uri=os.environ["MLFLOW_TRACKING_URI"])

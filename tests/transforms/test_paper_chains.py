@@ -9,6 +9,7 @@ import torch
 from mammo_factory import phantom_mammogram, write_dicom, write_png
 from monai.utils import set_determinism
 from PIL import Image
+from scipy import ndimage
 
 from breastseg.transforms import NoBreastFoundError, brems_net, connected_unets, hybrid_attention_us, two_stage_msf, unetplusplus_mammo
 
@@ -208,6 +209,18 @@ class TestPaperChains(unittest.TestCase):
         self.assertEqual(tuple(sample["image"].shape), (1, 32, 32))
         back = chain.inverse(sample)
         self.assertEqual(tuple(back["image"].shape), (1, ROWS, COLS))
+
+    def test_unetplusplus_mammo_crops_a_known_lesion_box_as_training_crops_its_label(self):
+        """A reader's box around a lesion (its bounds, as --roi_file and the served 'roi' give it) is cropped with the
+        training margin: the inference patch is the very patch the network was trained on."""
+        training = unetplusplus_mammo(image_size=32)(dict(self.mammo))
+        lesions, _ = ndimage.label(self.mask)
+        bounds = [[rows.start, rows.stop, cols.start, cols.stop] for rows, cols in ndimage.find_objects(lesions)]
+        inference = unetplusplus_mammo(image_size=32, with_label=False)({"image": self.mammo["image"], "roi_boxes": bounds})
+        self.assertEqual(sorted(s["roi_box"] for s in inference), sorted(s["roi_box"] for s in training))
+        for sample in inference:
+            (trained,) = [s for s in training if s["roi_box"] == sample["roi_box"]]
+            torch.testing.assert_close(sample["image"].as_tensor(), trained["image"].as_tensor())
 
     def test_two_stage_msf_patches(self):
         chain = two_stage_msf(patch_size=48)

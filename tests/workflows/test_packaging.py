@@ -43,3 +43,15 @@ def test_no_path_of_one_machine_in_code_or_docs():
                 if MACHINE_PATH.search(line):
                     offenders.append(f"{name}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+# what runs leave in a clone: MLflow stores (SQLite files, mlruns/, artifacts), bundle runs and checkpoints
+STORE_SUFFIXES = {".db", ".sqlite", ".sqlite3", ".db-journal"}
+RUN_FOLDERS = {"mlruns", "mlartifacts", "artifacts", "runs", "models", "unsent"}
+
+
+def test_no_store_run_or_artifact_is_tracked():
+    """A store made by one machine's tests (absolute artifact locations of that machine) must not travel with a clone."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    offenders = [name for name in tracked if Path(name).suffix in STORE_SUFFIXES or RUN_FOLDERS & set(Path(name).parts[:-1])]
+    assert not offenders, offenders

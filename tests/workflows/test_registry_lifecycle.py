@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import mlflow
@@ -23,7 +24,11 @@ from breastseg.workflows.tracking import runs as tracking
 from ignite.engine import Engine, Events
 
 from breastseg.workflows.engine.model_context import TrainedModelLoader
-from breastseg.workflows.tracking.registry import TagEvaluatedModel, load_model, log_bundle_model, promote
+from breastseg.workflows.tracking.registry import TagEvaluatedModel, load_model, log_bundle_model, promote, serve_command
+from mlflow.pyfunc.scoring_server import SERVING_MODEL_CONFIG
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "transforms"))
+from mammo_factory import write_dicom  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,6 +163,50 @@ def test_the_readme_snippet_runs_as_written(project, monkeypatch):
     namespace: dict = {}
     exec(snippet.split("```")[0], namespace)
     assert namespace["mask"].shape == namespace["pixels"].shape and set(np.unique(namespace["mask"])) <= {0, 255}
+
+
+def _literal_block(text: str) -> str:
+    """The indented lines that open ``text`` (a reStructuredText literal block, after its ``::``), dedented."""
+    lines = []
+    for line in text.splitlines():
+        if line.strip() and not line.startswith(" "):
+            break
+        lines.append(line)
+    return textwrap.dedent("\n".join(lines))
+
+
+def test_the_registry_docstring_example_runs_as_written(project, monkeypatch, tmp_path):
+    """The module docstring's example, with a DICOM written by pydicom where it reads one: a dict of columns works."""
+    from breastseg.workflows.tracking import registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "PROJECT_ROOT", project["root"])
+    monkeypatch.chdir(tmp_path)
+    write_dicom(tmp_path / "mammogram.dcm", np.random.default_rng(0).integers(0, 4096, (60, 44)).astype(np.uint16))
+    (example,) = [_literal_block(block) for block in registry.__doc__.split("::\n")[1:] if "load_model(" in block]
+    namespace: dict = {}
+    exec(example, namespace)
+    assert namespace["mask"].shape == (60, 44) and set(np.unique(namespace["mask"])) <= {0, 255}
+
+
+def test_serve_command_uses_the_project_store_and_refuses_what_it_does_not_hold(project, monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "PROJECT_ROOT", project["root"])
+    command, env, description = serve_command("unetplusplus_mammo@candidate-inbreast", 5099, model_config={"image_folder": str(tmp_path)})
+    assert command[1:5] == ["-m", "mlflow", "models", "serve"] and command[command.index("-m", 2) + 1] == "models:/unetplusplus_mammo@candidate-inbreast"
+    assert env["MLFLOW_TRACKING_URI"] == project["uri"] and f"version {project['versions']['v3']} in {project['uri']}" in description
+    assert json.loads(env[SERVING_MODEL_CONFIG])["image_folder"] == str(tmp_path.resolve())
+    assert serve_command("unetplusplus_mammo")[2].startswith(f"serving models:/unetplusplus_mammo/latest (version {max(map(int, project['versions'].values()))} ")
+    for name in ("nonexistent@champion", "unetplusplus_mammo@no-such-alias", "unetplusplus_mammo/99"):
+        with pytest.raises(UserValueError, match=f"no registered model '{name}' in "):
+            serve_command(name)
+    with pytest.raises(UserValueError, match="image_folder .* is no folder on the server"):
+        serve_command("unetplusplus_mammo", model_config={"image_folder": str(tmp_path / "missing")})
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("breastseg")), "serve", "nonexistent@champion", "--tracking-uri", project["uri"]],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode == 1 and result.stderr.strip().startswith("error: no registered model 'nonexistent@champion'")
 
 
 def test_evaluation_tags_the_evaluated_version_with_its_test_metrics(project):

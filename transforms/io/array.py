@@ -17,11 +17,11 @@ from monai.data import MetaTensor
 from monai.transforms import Transform
 from monai.utils import TransformBackends
 
-from .dicom import read_dicom, read_dicom_itk
+from .dicom import read_dicom, read_dicom_header, read_dicom_itk
 from .masks import LABEL_FORMATS, load_lesion_mask
 from .png import read_png_and_depth
 
-__all__ = ["LoadBreastImage", "LoadLesionMask", "PIL_SUFFIXES", "to_metatensor"]
+__all__ = ["LoadBreastImage", "LoadLesionMask", "PIL_SUFFIXES", "read_image_size", "to_metatensor"]
 
 
 def _pil_suffixes() -> tuple[str, ...]:
@@ -34,6 +34,18 @@ def _pil_suffixes() -> tuple[str, ...]:
 #: (CBIS/INbreast end ``.dcm``, some DICOM have none)
 PIL_SUFFIXES = _pil_suffixes()
 READERS = ("pydicom", "itk")
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(rows, columns)`` of an image :class:`LoadBreastImage` reads, from its header alone (no pixel is decoded)."""
+    path = os.fspath(path)
+    if path.lower().endswith(PIL_SUFFIXES):
+        from PIL import Image
+
+        with Image.open(path) as image:  # PIL reads the header; the pixels wait until they are asked for
+            return image.height, image.width
+    header = read_dicom_header(path)
+    return header["rows"], header["columns"]
 
 
 def to_metatensor(array: np.ndarray, spacing: Sequence[float] | None, meta: dict[str, Any]) -> MetaTensor:

@@ -11,6 +11,7 @@ from .array import (
     detector_views,
     lesion_boxes,
     paste_back,
+    square_box,
 )
 from .breast import NoBreastFoundError, breast_box, breast_region
 from .dictionary import BorderCropd, BreastCentredSquarePadd, CanonicalSided, LesionRoiCropd, RemoveArtefactsd
@@ -33,4 +34,5 @@ __all__ = [
     "detector_views",
     "lesion_boxes",
     "paste_back",
+    "square_box",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "BreastCentredSquarePad",
     "LesionRoiCrop",
     "lesion_boxes",
+    "square_box",
     "paste_back",
     "detector_views",
     "MSF_SCALES_WH",
@@ -174,15 +175,28 @@ class BreastCentredSquarePad(Pad):
         return super().__call__(img_t, to_pad=self.pad_for(img_t) if to_pad is None else to_pad, lazy=lazy)
 
 
+def square_box(
+    bounds: Sequence[int], image_size: Sequence[int], margin: float = 0.25, min_size: int = 32
+) -> tuple[int, int, int, int]:
+    """The crop around a lesion of ``bounds`` ``(row_start, row_end, col_start, col_end)`` in an image of
+    ``image_size`` ``(rows, cols)``: a square centred on the bounds, of side ``max(height, width) * (1 + 2 * margin)``
+    (at least ``min_size``), shifted to lie inside the image and clipped where the image is smaller."""
+    r0, r1, c0, c1 = (int(v) for v in bounds)
+    side = max(int(round(max(r1 - r0, c1 - c0) * (1 + 2 * margin))), min_size)
+    box = []
+    for start, stop, limit in ((r0, r1, int(image_size[-2])), (c0, c1, int(image_size[-1]))):
+        length = min(side, limit)
+        begin = int(round((start + stop) / 2 - length / 2))
+        begin = min(max(begin, 0), limit - length)
+        box += [begin, begin + length]
+    return tuple(box)
+
+
 def lesion_boxes(
     label: NdarrayOrTensor, margin: float = 0.25, min_size: int = 32
 ) -> list[tuple[int, int, int, int]]:
-    """One square box ``(row_start, row_end, col_start, col_end)`` per 8-connected lesion of ``label``.
-
-    The box is centred on the lesion's bounding box, its side is ``max(height, width) * (1 + 2 * margin)``
-    (at least ``min_size``), shifted to lie inside the image and clipped where the image is smaller.
-    Boxes follow the order of the components' first pixel in raster order.
-    """
+    """One :func:`square_box` ``(row_start, row_end, col_start, col_end)`` per 8-connected lesion of ``label``,
+    in the order of the components' first pixel in raster order."""
     import cv2
 
     mask = np.asarray(convert_to_dst_type(label, np.zeros(1))[0])
@@ -199,14 +213,7 @@ def lesion_boxes(
     for index in range(1, count):
         top, left = stats[index, cv2.CC_STAT_TOP] + r_off, stats[index, cv2.CC_STAT_LEFT] + c_off
         height, width = stats[index, cv2.CC_STAT_HEIGHT], stats[index, cv2.CC_STAT_WIDTH]
-        side = max(int(round(max(height, width) * (1 + 2 * margin))), min_size)
-        box = []
-        for start, extent, limit in ((top, height, rows), (left, width, cols)):
-            length = min(side, limit)
-            begin = int(round(start + extent / 2 - length / 2))
-            begin = min(max(begin, 0), limit - length)
-            box += [begin, begin + length]
-        boxes.append(tuple(box))
+        boxes.append(square_box((top, top + height, left, left + width), (rows, cols), margin, min_size))
     return boxes
 
 

@@ -13,7 +13,7 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import InvertibleTransform, MapTransform
 from monai.utils import convert_to_tensor
 
-from .array import BorderCrop, BreastCentredSquarePad, CanonicalSide, LesionRoiCrop, RemoveArtefacts, lesion_boxes
+from .array import BorderCrop, BreastCentredSquarePad, CanonicalSide, LesionRoiCrop, RemoveArtefacts, lesion_boxes, square_box
 
 __all__ = ["BorderCropd", "RemoveArtefactsd", "CanonicalSided", "BreastCentredSquarePadd", "LesionRoiCropd"]
 
@@ -122,7 +122,10 @@ class LesionRoiCropd(_InvertibleMap):
             keeps the margin and nearby tissue in a 224x224 patch).
         min_size: smallest box side in pixels (very small lesions keep some context).
         box_key: if the sample holds boxes under this key (inference with known lesion positions and no
-            label), they are used as they are.
+            label), they are used instead of the label's.
+        expand_boxes: the boxes under ``box_key`` are the lesions' own bounds (an annotation, a reader's mark):
+            each is cropped as training crops a lesion of the label (:func:`square_box` with ``margin`` and
+            ``min_size``). ``False``: they are crop boxes already, used as they are (the two-stage pipeline's).
 
     Raises:
         ValueError: the sample has no lesion and no boxes (the message names the image file); ROI
@@ -138,6 +141,7 @@ class LesionRoiCropd(_InvertibleMap):
         margin: float = 0.25,
         min_size: int = 32,
         box_key: str = "roi_boxes",
+        expand_boxes: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -149,12 +153,16 @@ class LesionRoiCropd(_InvertibleMap):
         self.margin = margin
         self.min_size = min_size
         self.box_key = box_key
+        self.expand_boxes = expand_boxes
         self.transform = LesionRoiCrop()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:  # type: ignore[override]
         d = dict(data)
         if d.get(self.box_key) is not None:
             boxes = [tuple(int(v) for v in box) for box in d[self.box_key]]
+            if self.expand_boxes:
+                size = next(d[key].shape[-2:] for key in self.keys if key in d)
+                boxes = [square_box(box, size, self.margin, self.min_size) for box in boxes]
         elif self.label_key in d:
             boxes = lesion_boxes(d[self.label_key], self.margin, self.min_size)
         else:

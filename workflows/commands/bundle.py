@@ -407,6 +407,39 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
                 f"override --{key} {given!r} is a {_type_name(given)}, but {config_id!r} is a {_type_name(default)} "
                 f"(default {default!r})"
             )
+        valid = _VALID_VALUES[config_id]() if config_id in _VALID_VALUES else None
+        if valid is not None and given not in valid:
+            raise UserValueError(f"--{key} {given!r} is not one of {', '.join(valid)}{_close_value(str(given), valid)}")
+
+
+def _datasets() -> list[str]:
+    from breastseg.workflows.data.indexers import INDEXER_MODULES
+
+    return sorted(INDEXER_MODULES)
+
+
+def _networks() -> list[str]:
+    from breastseg.networks import NETWORK_REGISTRY
+
+    return sorted(NETWORK_REGISTRY)
+
+
+def _lr_schedules() -> list[str]:
+    from breastseg.workflows.engine.harness import LR_SCHEDULES
+
+    return list(LR_SCHEDULES)
+
+
+#: config ids whose value is one of a known set: a mistyped value is refused before the run starts, not deep
+#: inside it (where MONAI reports it as a long "Failed to evaluate ConfigExpression" traceback)
+_VALID_VALUES = {"dataset": _datasets, "network": _networks, "lr_schedule": _lr_schedules}
+
+
+def _close_value(given: str, valid: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(given, valid, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _suggestion(key: str, parser: Any) -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 DATASETS = ("cbis-ddsm", "inbreast", "busi", "udiat")
+#: what ``breastseg --help`` says first (plain text: the module docstring's reStructuredText would print as is)
+DESCRIPTION = "breastseg: one sub-command per user task. Research software, not for clinical use."
 
 
 def _key_values(items: list[str], option: str) -> dict[str, str]:
@@ -448,6 +450,33 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a registered model over HTTP: mlflow models serve against the project's store")
+    p.add_argument("model", help="NAME@ALIAS, NAME/VERSION or NAME (its newest version), e.g. unetplusplus_mammo@champion")
+    p.add_argument("--port", type=int, default=5001, help="default 5001")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model (default 1)")
+    p.add_argument("--image-folder", default=None,
+                   help="the one folder whose files a request may name by path (default: none; images come as base64 or arrays)")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest image accepted, rows x columns (default: a full-field mammogram fits)")
+    p.add_argument("--max-bytes", type=int, default=None, help="largest image file accepted, in bytes (default: a full-field mammogram fits)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default MLFLOW_TRACKING_URI, else mlflow/mlruns.db)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from breastseg.workflows.tracking.registry import serve_command
+
+    limits = {"image_folder": args.image_folder, "max_pixels": args.max_pixels, "max_bytes": args.max_bytes}
+    command, env, description = serve_command(
+        args.model, args.port, args.host, args.workers, {key: value for key, value in limits.items() if value is not None}, args.tracking_uri
+    )
+    print(description, file=sys.stderr, flush=True)
+    os.execve(command[0], command, env)  # the server replaces this process: signals reach it directly
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -458,7 +487,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="breastseg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="breastseg", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"breastseg {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or BREASTSEG_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -475,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_nnunet_predict(sub)
     _add_promote(sub)
     _add_models(sub)
+    _add_serve(sub)
     return parser
 
 

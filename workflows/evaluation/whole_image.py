@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine
 from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Compose
 
-from breastseg.workflows.evaluation.inference import MaskWriter
+from breastseg.workflows.evaluation.inference import ImagePrediction, MaskWriter
 
 __all__ = ["WholeImageMaskWriter"]
 
@@ -27,7 +26,7 @@ class WholeImageMaskWriter(MaskWriter):
     Args:
         output_dir: folder of the masks.
         chain: the preprocessing chain the images went through (its invertible steps are undone).
-        writer_options: ``threshold``, ``input_dir``, ``overwrite``, ``keep_probabilities`` of :class:`~breastseg.workflows.evaluation.inference.MaskWriter`.
+        writer_options: ``threshold``, ``input_dir``, ``overwrite`` of :class:`~breastseg.workflows.evaluation.inference.MaskWriter`.
 
     Expects an evaluator with ``decollate=False`` whose ``pred`` holds probabilities (after the sigmoid).
     """
@@ -36,11 +35,14 @@ class WholeImageMaskWriter(MaskWriter):
         super().__init__(output_dir, **writer_options)
         self.chain = chain
 
-    def __call__(self, engine: Engine) -> None:
-        samples = decollate_batch({"image": engine.state.batch["image"]})
-        for sample, probabilities in zip(samples, engine.state.output["pred"]):
+    def restore(self, batch: dict[str, Any], pred: torch.Tensor) -> list[ImagePrediction]:
+        """Each image's probabilities with the chain's invertible steps undone."""
+        predictions = []
+        for sample, probabilities in zip(decollate_batch({"image": batch["image"]}), pred):
             image = sample["image"]
             prediction = MetaTensor(probabilities.detach().cpu().float(), meta=image.meta, applied_operations=image.applied_operations)
             restored = self.chain.inverse({"image": prediction})["image"]
             affine = torch.as_tensor(restored.affine, dtype=torch.float64).numpy()
-            self._finish(Path(str(image.meta["filename_or_obj"])), restored[0].numpy(), affine)
+            pasted = restored[0].numpy()
+            predictions.append(ImagePrediction(Path(str(image.meta["filename_or_obj"])), pasted.shape, affine, self.threshold, pasted=pasted))
+        return predictions

@@ -7,15 +7,25 @@ and ``champion`` moves only through :func:`promote` (``breastseg promote``): to 
 champion's validation metric on the same dataset and split, or with ``force``.
 
 The logged model is an MLflow ``pyfunc`` model whose artifact is the bundle itself (``configs/``,
-``docs/``, ``LICENSE`` and ``models/model.pt``), with the project's code and requirements pinned to the versions
-that trained it: it runs the bundle's own ``inference.json`` on DICOM/PNG images or pixel arrays
-(:mod:`breastseg.workflows.tracking.serving`), so the registry holds what a research team would download from the model
-zoo. Stages are deprecated in MLflow; only aliases are used.
+``docs/``, ``LICENSE`` and ``models/model.pt``; the two-stage bundle adds its detector's weights and anchors), with
+the project's code and requirements pinned to the versions that trained it: it runs the bundle's own
+``inference.json`` on DICOM/PNG images or pixel arrays (:mod:`breastseg.workflows.tracking.serving`), so the registry
+holds what a research team would download from the model zoo. Stages are deprecated in MLflow; only aliases are used.
 
-Load a registered model::
+Load a registered model and segment a DICOM file (a dict of columns or a ``pandas.DataFrame``, one row per image)::
+
+    import base64
+    from breastseg.workflows.tracking.registry import load_model
+    from breastseg.workflows.tracking.serving import decode_png
 
     model = load_model("unetplusplus_mammo@candidate")
-    masks = model.predict({"image": ["/path/to/image.dcm"]})  # base64 PNG masks at the image's size
+    with open("mammogram.dcm", "rb") as handle:
+        image = base64.b64encode(handle.read()).decode("ascii")
+    predictions = model.predict({"image": [image]})
+    mask = decode_png(predictions["mask"][0])  # uint8 0/255 at the image's own size
+
+:func:`serve_command` is what ``breastseg serve`` runs: ``mlflow models serve`` of a registered model against the
+project's store.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from ignite.engine import Engine, Events
 from breastseg.workflows.engine.model_context import checkpoint_id, read_context
 from breastseg.workflows.errors import UserValueError
 from breastseg.workflows.tracking.runs import quiet_mlflow
-from breastseg.workflows.tracking.serving import TRAINED_WITH, ImageBundleModel
+from breastseg.workflows.tracking.serving import TRAINED_WITH, ImageBundleModel, ServingPolicy
 
 quiet_mlflow()
 
@@ -53,7 +63,9 @@ __all__ = [
     "TagEvaluatedModel",
     "promote",
     "list_versions",
+    "model_uri",
     "load_model",
+    "serve_command",
 ]
 
 logger = logging.getLogger("breastseg.registry")
@@ -94,7 +106,9 @@ def code_paths(staging: Path) -> list[str]:
     return [str(target)]
 
 
-def _stage_bundle(bundle_root: Path, weights: Path, staging: Path, network_settings: dict[str, Any] | None) -> Path:
+def _stage_bundle(
+    bundle_root: Path, weights: Path, staging: Path, network_settings: dict[str, Any] | None, extra_files: dict[str, str] | None
+) -> Path:
     target = staging / bundle_root.name
     for part in _BUNDLE_PARTS:
         source = bundle_root / part
@@ -103,8 +117,11 @@ def _stage_bundle(bundle_root: Path, weights: Path, staging: Path, network_setti
         elif source.is_file():
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / part)
-    (target / "models").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(weights, target / "models" / "model.pt")
+    for name, source in {"models/model.pt": str(weights), **(extra_files or {})}.items():
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"no {source} to register as {name} of the bundle")
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target / name)
     if network_settings:
         (target / "configs" / TRAINED_WITH).write_text(json.dumps(network_settings, indent=4))
     return target
@@ -144,13 +161,16 @@ def log_bundle_model(
     network_settings: dict[str, Any] | None = None,
     python_model: mlflow.pyfunc.PythonModel | None = None,
     tags: dict[str, str] | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Log the bundle with ``weights`` as the run's model, register it as ``model_name`` and set ``alias``.
 
     ``python_model`` serves it (default :class:`~breastseg.workflows.tracking.serving.ImageBundleModel`, images in; the
-    two-stage bundle passes :class:`~breastseg.workflows.tracking.serving.BundleModel` and its detector its own). Its requirements are pinned to the
-    installed versions (:func:`pinned_requirements`) and the project's code travels with it (:func:`code_paths`). The version gets ``tags`` and :func:`version_tags` of ``weights``;
-    when they name a dataset, the alias ``<alias>-<dataset>`` moves to it too.
+    two-stage detector passes its own). ``network_settings`` become the bundle's ``configs/trained_with.json``
+    (overrides of its ``inference.json``) and ``extra_files`` (``{path in the bundle: file}``) are copied in beside
+    the weights. Its requirements are pinned to the installed versions (:func:`pinned_requirements`) and the
+    project's code travels with it (:func:`code_paths`). The version gets ``tags`` and :func:`version_tags` of
+    ``weights``; when they name a dataset, the alias ``<alias>-<dataset>`` moves to it too.
 
     Returns ``{"model_uri", "version", "alias_uri", "aliases"}``.
     """
@@ -159,7 +179,7 @@ def log_bundle_model(
         raise FileNotFoundError(f"no trained weights at {weights}: nothing to register")
     python_model = python_model or ImageBundleModel()
     with _tracking_uri(tracking_uri), tempfile.TemporaryDirectory() as staging:
-        staged = _stage_bundle(bundle_root, weights, Path(staging) / "bundle", network_settings)
+        staged = _stage_bundle(bundle_root, weights, Path(staging) / "bundle", network_settings, extra_files)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -227,6 +247,7 @@ class RegisterBestModel:
             ``network_kwargs``, ...), stored in the logged bundle so it rebuilds the same network.
         enabled: ``False`` on non-zero DDP ranks.
         python_model: the MLflow model serving the weights (default :class:`~breastseg.workflows.tracking.serving.ImageBundleModel`).
+        extra_files: more files the served bundle needs, ``{path in the bundle: file}`` (the two-stage detector's).
     """
 
     def __init__(
@@ -239,8 +260,10 @@ class RegisterBestModel:
         network_settings: dict[str, Any] | None = None,
         enabled: bool = True,
         python_model: mlflow.pyfunc.PythonModel | None = None,
+        extra_files: dict[str, str] | None = None,
     ) -> None:
         self.tracker = tracker
+        self.extra_files = extra_files
         self.python_model = python_model
         self.network_settings = network_settings
         self.bundle_root = bundle_root
@@ -271,6 +294,7 @@ class RegisterBestModel:
                 network_settings=self.network_settings,
                 python_model=self.python_model,
                 tags={key: run_tags[key] for key in ("paper", "bundle", "dataset", "network") if key in run_tags},
+                extra_files=self.extra_files,
             )
         except Exception as err:  # a lost server must not turn a finished training into a failure
             logger.warning("registering %s failed (%s: %s); the checkpoint is at %s", self.model_name, type(err).__name__, err, self.weights)
@@ -424,14 +448,83 @@ def list_versions(model_name: str | None = None, tracking_uri: str | None = None
     return rows
 
 
-def load_model(name: str, tracking_uri: str | None = None) -> Any:
+def model_uri(name: str) -> str:
+    """The ``models:/`` URI of ``<model>@<alias>``, ``<model>/<version>`` or ``<model>`` (its newest version)."""
+    if name.startswith("models:/"):
+        return name
+    return f"models:/{name}" if "@" in name or "/" in name else f"models:/{name}/latest"
+
+
+def load_model(name: str, tracking_uri: str | None = None, model_config: dict[str, Any] | None = None) -> Any:
     """An MLflow pyfunc model of the project's registry: ``load_model("unetplusplus_mammo@candidate")``.
 
-    ``name`` is ``<model>@<alias>``, ``<model>/<version>`` or a ``models:/`` URI. The store is
-    ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the project's own (``mlflow/mlruns.db``): nothing to export.
+    ``name`` is ``<model>@<alias>``, ``<model>/<version>``, ``<model>`` (its newest version) or a ``models:/`` URI.
+    The store is ``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else the project's own (``mlflow/mlruns.db``):
+    nothing to export. ``model_config`` sets what the model accepts
+    (:class:`~breastseg.workflows.tracking.serving.ServingPolicy`: ``image_folder``, ``max_pixels``, ``max_bytes``).
     """
     from breastseg.workflows.tracking.runs import default_tracking_uri
 
-    uri = name if name.startswith("models:/") else f"models:/{name}"
     with _tracking_uri(tracking_uri or default_tracking_uri()):
-        return mlflow.pyfunc.load_model(uri)
+        return mlflow.pyfunc.load_model(model_uri(name), model_config=model_config)
+
+
+def _registered_version(name: str, tracking_uri: str) -> str:
+    """The version ``name`` stands for in the store; refused in one line when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    model, _, alias = name.partition("@")
+    model, _, version = model.partition("/")
+    try:
+        if alias:
+            return str(client.get_model_version_by_alias(model, alias).version)
+        if version and version != "latest":
+            return str(client.get_model_version(model, version).version)
+        versions = client.search_model_versions(f"name='{model}'")
+    except MlflowException:
+        versions = []
+    if versions:
+        return str(max(int(v.version) for v in versions))
+    raise UserValueError(
+        f"no registered model {name!r} in {tracking_uri}: breastseg models lists the models, versions and aliases there "
+        "(train a bundle to register one)"
+    )
+
+
+def serve_command(
+    name: str,
+    port: int = 5001,
+    host: str = "127.0.0.1",
+    workers: int = 1,
+    model_config: dict[str, Any] | None = None,
+    tracking_uri: str | None = None,
+) -> tuple[list[str], dict[str, str], str]:
+    """``(command, environment, description)`` of ``mlflow models serve`` for the registered model ``name``
+    (``<model>@<alias>``, ``<model>/<version>`` or ``<model>``): the store is ``tracking_uri``, else
+    ``MLFLOW_TRACKING_URI``, else the project's own, set in the environment as MLflow needs it to find the model;
+    ``model_config`` (:class:`~breastseg.workflows.tracking.serving.ServingPolicy`, checked here, its folder made
+    absolute) travels in MLflow's ``SERVING_MODEL_CONFIG``; the environment's ``PATH`` starts with this Python's
+    folder (MLflow starts ``uvicorn`` from ``PATH``).
+
+    Raises:
+        UserValueError: the store has no such model, version or alias, or ``model_config`` is wrong.
+    """
+    import sys
+
+    from mlflow.pyfunc.scoring_server import SERVING_MODEL_CONFIG
+
+    from breastseg.workflows.tracking.runs import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    version = _registered_version(name, uri)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if model_config:
+        env[SERVING_MODEL_CONFIG] = json.dumps(ServingPolicy.from_model_config(model_config).model_config())
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri(name), "--env-manager", "local",
+        "--host", host, "--port", str(port), "--workers", str(workers),
+    ]
+    description = f"serving {model_uri(name)} (version {version} in {uri}) on http://{host}:{port}/invocations"
+    return command, env, description

@@ -4,7 +4,8 @@
 ``<stem>_pred.png`` / ``<stem>_pred.nii.gz`` (as :class:`~breastseg.workflows.evaluation.inference.MaskWriter`, on the
 original grid), ``<stem>_overlay.png`` (the mammogram with the found boxes in red and the mask contours in
 green) and, once all are done, ``boxes.csv`` (``image, x0, y0, x1, y1, score``; an image with no row had no
-detection, and its mask is empty).
+detection, and its mask is empty). :func:`served_settings` is what the registered pipeline (one MLflow model: detector,
+fusion and segmenter) needs beside its weights to rebuild the same pipeline from ``inference.json``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from breastseg.workflows.evaluation.inference import MaskWriter
+from breastseg.workflows.evaluation.inference import ImagePrediction, MaskWriter
 
-__all__ = ["overlay", "PipelineMaskWriter"]
+__all__ = ["overlay", "PipelineMaskWriter", "served_settings"]
 
 logger = logging.getLogger("breastseg.inference")
 
+#: the ``pipeline`` settings of ``train.json`` that ``inference.json`` takes
+SERVED_PIPELINE_KEYS = ("view_sizes", "fusion_threshold", "conf_threshold", "nms_threshold")
 BOX_COLOUR = (255, 0, 0)
 CONTOUR_COLOUR = (0, 255, 0)
 
@@ -69,21 +72,30 @@ class PipelineMaskWriter(MaskWriter):
         if not engine.has_event_handler(self.write_boxes, Events.COMPLETED):
             engine.add_event_handler(Events.COMPLETED, self.write_boxes)
 
-    def __call__(self, engine: Engine) -> None:
-        images, probabilities = engine.state.batch["image"], engine.state.output["pred"]
+    def restore(self, batch: dict[str, Any], pred: torch.Tensor) -> list[ImagePrediction]:
+        """Each mammogram's pasted probabilities (already on its grid) with the detections of the inferer's last call."""
+        images = batch["image"]
         affines = torch.as_tensor(images.affine, dtype=torch.float64).reshape(-1, *images.affine.shape[-2:])
+        predictions = []
         for index, result in enumerate(self.inferer.last_results):
             source = Path(str(images.meta["filename_or_obj"][index]))
-            mask = (probabilities[index, 0] >= self.threshold).cpu().numpy().astype(np.uint8)
-            self.written += self._write(source, mask, affines[index].numpy())
-            picture = overlay(images[index, 0].cpu().numpy(), mask, result.detections)
-            path = self._target(f"{source.stem}_overlay.png")
+            detections = result.detections if result.detected else np.zeros((0, 5))
+            pasted = pred[index, 0].detach().cpu().float().numpy()
+            predictions.append(ImagePrediction(source, pasted.shape, affines[index].numpy(), self.threshold, pasted=pasted, detections=detections))
+        return predictions
+
+    def __call__(self, engine: Engine) -> None:
+        images = engine.state.batch["image"]
+        for index, prediction in enumerate(self.restore(engine.state.batch, engine.state.output["pred"])):
+            self.write(prediction)
+            picture = overlay(images[index, 0].cpu().numpy(), prediction.mask, prediction.detections)
+            path = self._target(f"{prediction.source.stem}_overlay.png")
             cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             self.written.append(path)
-            if not result.detected:
-                logger.info("%s: nothing detected, empty mask", source.name)
-            for x0, y0, x1, y1, score in result.detections if result.detected else []:
-                self.boxes.append({"image": source.name, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "score": score})
+            if not len(prediction.detections):
+                logger.info("%s: nothing detected, empty mask", prediction.source.name)
+            for x0, y0, x1, y1, score in prediction.detections:
+                self.boxes.append({"image": prediction.source.name, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "score": score})
 
     def planned_outputs(self, engine: Engine) -> list[Path]:
         return [*super().planned_outputs(engine), self.output_dir / "boxes.csv"]
@@ -96,3 +108,16 @@ class PipelineMaskWriter(MaskWriter):
             writer.writerows(self.boxes)
         self.written.append(path)
         self.boxes = []
+
+
+def served_settings(trained_settings: dict[str, Any], detector_overrides: dict[str, Any], pipeline: dict[str, Any]) -> dict[str, Any]:
+    """The overrides of ``inference.json`` the registered pipeline carries (its ``configs/trained_with.json``): the
+    segmenter's trained settings, the detector stage's overrides and the pipeline settings of the training, and
+    the detector's files where the registered bundle keeps them, ``models/detector/`` beside the segmenter's
+    weights (the detector stage reads its anchors from ``<train_output_dir>/detector/``)."""
+    return {
+        **trained_settings,
+        "detector_stage#overrides": dict(detector_overrides),
+        **{f"pipeline#{key}": pipeline[key] for key in SERVED_PIPELINE_KEYS if key in pipeline},
+        "train_output_dir": "@ckpt_dir",
+    }

@@ -29,7 +29,7 @@ import torch
 from monai.inferers import Inferer
 from monai.transforms import Compose, RepeatChannel, RepeatChanneld, ScaleIntensity
 
-from breastseg.transforms import LoadBreastImaged, LoadLesionMaskd, paste_back
+from breastseg.transforms import LoadBreastImaged, LoadLesionMaskd, paste_back, square_box
 from breastseg.transforms.chains import two_stage_msf
 from breastseg.workflows.engine.stages import stage_parser
 from breastseg.workflows.two_stage.detection.model import load_detector
@@ -129,7 +129,7 @@ def patch_boxes(
 ) -> list[list[int]]:
     """Square patch boxes ``[row_start, row_end, col_start, col_end]`` around detections ``(x0, y0, x1, y1, ...)``.
 
-    The rule is the training chain's (:func:`~breastseg.transforms.spatial.array.lesion_boxes`): the detection,
+    The rule is the training chain's (:func:`~breastseg.transforms.spatial.array.square_box`): the detection,
     clipped to the image, is centred in a square of side ``max(h, w) * (1 + 2 * margin)`` (at least ``min_size``),
     shifted to lie inside the image and cut where the image is smaller. Detections with no pixel inside the image
     are dropped.
@@ -149,16 +149,8 @@ def patch_boxes(
     for x0, y0, x1, y1 in array[:, :4]:
         col0, row0 = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
         col1, row1 = min(int(np.ceil(x1)), cols), min(int(np.ceil(y1)), rows)
-        if col1 <= col0 or row1 <= row0:
-            continue
-        side = max(int(round(max(row1 - row0, col1 - col0) * (1 + 2 * margin))), min_size)
-        box = []
-        for start, stop, limit in ((row0, row1, rows), (col0, col1, cols)):
-            length = min(side, limit)
-            begin = int(round((start + stop) / 2 - length / 2))
-            begin = min(max(begin, 0), limit - length)
-            box += [begin, begin + length]
-        boxes.append(box)
+        if col1 > col0 and row1 > row0:
+            boxes.append(list(square_box((row0, row1, col0, col1), (rows, cols), margin, min_size)))
     return boxes
 
 

@@ -93,7 +93,8 @@ def find_near_duplicates(
         rows = np.array([[p.first, p.second, *p.alignment.scale, *p.alignment.offset, p.alignment.similarity,
                           p.alignment.inliers, p.alignment.overlap] for p in found]).reshape(-1, 9)
     store.remember_pairs(key, rows)
-    logger.info("near duplicates: %d image(s), %d fingerprinted anew, %d pair(s)", len(usable), store.computed, len(rows))
+    logger.info("near duplicates: %d pair(s) among %d image(s) (%d fingerprint(s) from the cache)",
+                len(rows), len(usable), store.from_cache)
     return [
         NearDuplicatePair(usable[int(row[0])], usable[int(row[1])], Alignment(
             (float(row[2]), float(row[3])), (float(row[4]), float(row[5])), float(row[6]), int(row[7]), float(row[8])))

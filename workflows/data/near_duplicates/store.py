@@ -44,6 +44,7 @@ class FingerprintStore:
         self._used: dict[str, Fingerprint] = {}
         self._pairs: dict[str, np.ndarray] = {}
         self.computed = 0
+        self.from_cache = 0
         if self.cache_file is not None and self.cache_file.is_file():
             self._load(self.cache_file)
 
@@ -52,6 +53,7 @@ class FingerprintStore:
         giving one: the caller's own decode) or else from the file (:func:`read_grey`)."""
         key = file_key(path)
         found = self._used.get(key) or self._cached.get(key)
+        self.from_cache += found is not None and key not in self._used
         if found is None:
             array = pixels() if callable(pixels) else pixels
             found = fingerprint(read_grey(path) if array is None else array)
