@@ -108,7 +108,9 @@ class TestAudit(unittest.TestCase):
         self.assertEqual(report["label_conflicts"], 1)
 
     def test_nnunet_splits_with_raw_dataset(self):
-        manifest = export_nnunet(self.leaky_file, 531, self.tmp / "nnUNet_raw", bundle="hybrid_attention_us")
+        # every image, normal ones too, so fold 0 holds the whole datalist split and its leaks
+        manifest = export_nnunet(self.leaky_file, 531, self.tmp / "nnUNet_raw", bundle="hybrid_attention_us",
+                                 lesions_only=False)
         raw = Path(manifest["folder"])
         _, report = self.audit(str(raw / "splits_final.json"), "--nnunet-raw", str(raw))
         self.assertEqual(report["kind"], "nnU-Net splits_final.json")
