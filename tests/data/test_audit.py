@@ -7,7 +7,6 @@ import csv
 import json
 import logging
 import subprocess
-import sys
 import unittest
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -21,12 +20,12 @@ from breastseg.workflows.data.datalist import build_datalist, write_datalist
 from breastseg.workflows.data.synthetic import generate
 
 torch.set_num_threads(1)
-BREASTSEG = str(Path(sys.executable).with_name("breastseg"))
+from forked_cli import run_breastseg
 SPLITS = ("training", "validation", "test")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([BREASTSEG, *args], capture_output=True, text=True, timeout=600)
+    return run_breastseg(*args, timeout=600)
 
 
 def leaks_of(report: dict, split: str = "split") -> dict[tuple[str, str], int]:

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import unittest
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -20,12 +19,12 @@ from breastseg.workflows.data.synthetic import generate
 
 torch.set_num_threads(1)
 # the console script installed beside the interpreter that runs the tests (any venv, any machine)
-BREASTSEG = str(Path(sys.executable).with_name("breastseg"))
+from forked_cli import run_breastseg
 SPLITS = ("training", "validation", "test")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([BREASTSEG, *args], capture_output=True, text=True, timeout=120)
+    return run_breastseg(*args, timeout=120)
 
 
 class TestDatalist(unittest.TestCase):

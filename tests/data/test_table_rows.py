@@ -9,7 +9,6 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,13 +18,12 @@ from openpyxl import load_workbook
 
 from breastseg.workflows.data.synthetic import generate
 
-BREASTSEG = str(Path(sys.executable).with_name("breastseg"))
+from forked_cli import run_breastseg
 SPLITS = ("training", "validation", "test")
 
 
 def datalist_cli(root: Path, dataset: str, out: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
-    done = subprocess.run([BREASTSEG, "datalist", "--dataset", dataset, "--root", str(root), "--out", str(out), "--strict",
-                           *options], capture_output=True, text=True, timeout=600)
+    done = run_breastseg("datalist", "--dataset", dataset, "--root", str(root), "--out", str(out), "--strict", *options)
     return done, json.loads(out.read_text()) if out.is_file() else {}
 
 

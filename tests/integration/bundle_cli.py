@@ -10,10 +10,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from forked_cli import BREASTSEG, forkable, run_forked
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "tests" / "schemas"
-BREASTSEG = str(Path(sys.executable).with_name("breastseg"))
 
 
 def _environment(tracking_uri: str | None) -> dict[str, str]:
@@ -24,7 +24,10 @@ def _environment(tracking_uri: str | None) -> dict[str, str]:
 
 
 def run_command(command: list[str], tracking_uri: str | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run ``command`` from the repository root (one OpenMP thread, no MLflow retries)."""
+    """Run ``command`` from the repository root (one OpenMP thread, no MLflow retries); the project's command lines
+    in a process forked from preloaded imports (:mod:`forked_cli`)."""
+    if forkable(command):
+        return run_forked(command, ROOT, _environment(tracking_uri), timeout)
     return subprocess.run(command, cwd=ROOT, env=_environment(tracking_uri), capture_output=True, text=True, timeout=timeout)
 
 
