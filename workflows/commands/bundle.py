@@ -494,7 +494,7 @@ def split_audit_files(datalist: dict[str, Any], output_dir: str | Path) -> dict[
 
     import torch.distributed as dist
 
-    from breastseg.workflows.data.audit import audit_sheet_rows
+    from breastseg.workflows.data.audit import audit_sheet_rows, datalist_groups
     from breastseg.workflows.data.contact_sheet import write_contact_sheet
 
     if (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0) or datalist.get("audit") is None:
@@ -503,15 +503,7 @@ def split_audit_files(datalist: dict[str, Any], output_dir: str | Path) -> dict[
     folder.mkdir(parents=True, exist_ok=True)
     summary = {"dataset": datalist["dataset"], "split": split_tag(datalist), **datalist["audit"]}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    groups = [{
-        "members": [{"name": m["case_id"], "image": m["image"], "partitions": {"split": [m.get("partition") or "quarantined"]}}
-                    for m in group["members"]],
-        "pairs": group["pairs"],
-        "label_conflict": group.get("label_conflict", False),
-        "leaks_in": ["split"] if len({m.get("partition") for m in group["members"]} - {None}) > 1 else [],
-    } for group in datalist.get("near_duplicates") or []]
-    groups.sort(key=lambda g: (not g["leaks_in"], not g["label_conflict"]))
-    rows = audit_sheet_rows(groups, identify=datalist["dataset"] in _ANONYMOUS_CASE_IDS)
+    rows = audit_sheet_rows(datalist_groups(datalist), identify=datalist["dataset"] in _ANONYMOUS_CASE_IDS)
     sheet = write_contact_sheet(rows, folder / "contact_sheet.png", title=f"near duplicates of the {datalist['dataset']} split")
     return {"split_audit": [str(folder / "summary.json"), str(sheet)]}
 

@@ -22,7 +22,7 @@ from breastseg.workflows.errors import UserFileNotFoundError, UserValueError
 
 from .inputs import Entry, SplitTable, read_split_table
 
-__all__ = ["Entry", "SplitTable", "read_split_table", "audit_split", "format_audit", "write_audit", "audit_sheet_rows"]
+__all__ = ["Entry", "SplitTable", "read_split_table", "audit_split", "format_audit", "write_audit", "audit_sheet_rows", "datalist_groups", "sheet_order"]
 
 
 def _check_repeats(table: SplitTable) -> None:
@@ -95,7 +95,7 @@ def audit_split(table: SplitTable, store: FingerprintStore | None = None) -> dic
             group.setdefault("leaks_in", [])
             if len(set(members)) > 1:
                 group["leaks_in"].append(split)
-    report_groups.sort(key=lambda g: (not g["leaks_in"], not g["label_conflict"], -len(g["members"])))
+    report_groups.sort(key=sheet_order)
     return {
         "input": table.source,
         "kind": table.kind,
@@ -105,6 +105,27 @@ def audit_split(table: SplitTable, store: FingerprintStore | None = None) -> dic
         "label_conflicts": sum(group["label_conflict"] for group in report_groups),
         "labels_given": any(entry.label is not None for entry in table.entries),
     }
+
+
+def sheet_order(group: dict[str, Any]) -> tuple[bool, bool, int]:
+    """Groups that leak first, then label conflicts, then the largest."""
+    return not group["leaks_in"], not group["label_conflict"], -len(group["members"])
+
+
+def datalist_groups(datalist: dict[str, Any]) -> list[dict[str, Any]]:
+    """The near-duplicate groups a datalist recorded at indexing, as :func:`audit_split` reports them (one split,
+    ``"split"``), in :func:`sheet_order`."""
+    groups = []
+    for group in datalist.get("near_duplicates") or []:
+        partitions = {m.get("partition") for m in group["members"]} - {None}
+        groups.append({
+            "members": [{"name": m["case_id"], "image": m["image"], "partitions": {"split": [m.get("partition") or "quarantined"]}}
+                        for m in group["members"]],
+            "pairs": group["pairs"],
+            "label_conflict": group.get("label_conflict", False),
+            "leaks_in": ["split"] if len(partitions) > 1 else [],
+        })
+    return sorted(groups, key=sheet_order)
 
 
 def _partitions_by_split(entries: list[Entry]) -> dict[str, list[str]]:
